@@ -1,0 +1,289 @@
+"""The one place where the Nuke layer calls ``comfy_cluster``.
+
+Everything the plug-in needs from the core goes through here: the shared pool (one per
+Nuke session, found by the status panel through this module because Nuke builds panels
+with no arguments), workflow checks, starting work, the live list of batches, and the
+RunPod always-on switch. If a core signature changes, this is the file to adapt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+from comfy_cluster.errors import Cancelled, ComfyClusterError, WorkflowError
+
+from .settings import Mode, RenderSettings
+
+log = logging.getLogger(__name__)
+
+#: Server states that can take work.
+READY_STATES = frozenset({"online", "busy"})
+
+_lock = threading.Lock()
+_pool: Any = None
+_batches: list[ActiveWork] = []
+
+
+def shared_pool() -> Any:
+    """The session's ``ComfyUIServerPool``, built from the environment and started once.
+
+    Raises ``ConfigError`` (readable, names the variable and field) on a bad configuration.
+    """
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = _pool_from_env(os.environ)
+            _pool.start()
+        return _pool
+
+
+def _pool_from_env(environ: Mapping[str, str]) -> Any:
+    """``ComfyUIServerPool.from_env`` with the configured RunPod endpoint attached."""
+    from comfy_cluster.config import load_config
+    from comfy_cluster.pool import ComfyUIServerPool
+
+    cfg = load_config(environ)
+    runpod = None
+    if cfg.runpod is not None and cfg.runpod.enabled:
+        from comfy_cluster.runpod import RunPodEndpoint
+
+        runpod = RunPodEndpoint(cfg.runpod, environ=environ).start()
+    return ComfyUIServerPool.from_env(environ, runpod=runpod)
+
+
+def set_shared_pool(pool: Any) -> None:
+    """Use this pool for the session (a studio tool's own, or a test's); None forgets it."""
+    global _pool
+    with _lock:
+        _pool = pool
+
+
+def current_pool() -> Any:
+    """The shared pool if one was made, without making one."""
+    return _pool
+
+
+# --------------------------------------------------------------------------- workflows
+
+def load_workflow(path: str) -> Any:
+    """The workflow at ``path``; ``WorkflowError``/``OSError`` say why it is unusable."""
+    from comfy_cluster.workflow import Workflow
+
+    return Workflow.load(Path(path))
+
+
+def binding_problem(workflow: Any, spec: str) -> str | None:
+    """None if ``NODE.INPUT`` names exactly one input of the workflow, else the reason."""
+    try:
+        workflow.binding(spec)
+    except (WorkflowError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def value_problem(workflow: Any, assignment: str) -> str | None:
+    """None if ``NODE.INPUT=value`` parses and names an input of the workflow."""
+    from comfy_cluster.workflow import parse_assignment
+
+    try:
+        spec, value = parse_assignment(assignment)
+        workflow.with_values({spec: value})
+    except (WorkflowError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def parse_values(lines: tuple[str, ...]) -> dict[str, Any]:
+    """``("3.steps=20", ...)`` as the ``values`` mapping the core takes."""
+    from comfy_cluster.workflow import parse_assignment
+
+    return dict(parse_assignment(line) for line in lines)
+
+
+# --------------------------------------------------------------------------- backends
+
+def reachability_problem(pool: Any, target: str | None) -> str | None:
+    """None if the target (or, for auto, at least one backend) can take work now.
+
+    Reads the status cache; if nothing looks ready, refreshes it once (network, bounded by
+    the pool's timeouts) before giving up, so a freshly started pool is not refused.
+    """
+    problem = _reachability(pool.snapshot(), target)
+    if problem is None:
+        return None
+    pool.update_all_server_status()
+    return _reachability(pool.snapshot(), target)
+
+
+def _reachability(snapshot: Any, target: str | None) -> str | None:
+    servers = {s.name: s for s in snapshot.servers}
+    runpod = snapshot.runpod
+    runpod_ok = runpod is not None and not runpod.get("blocked_reason")
+    if target == "runpod":
+        if runpod is None:
+            return "target: RunPod is not configured (set RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY)"
+        return None if runpod_ok else f"target: RunPod cannot take work: {runpod.get('blocked_reason')}"
+    if target:
+        server = servers.get(target)
+        if server is None:
+            return f"target: no server named {target!r} (known: {', '.join(sorted(servers)) or 'none'})"
+        if not server.enabled:
+            return f"target: server {target!r} is disabled"
+        if _state(server) not in READY_STATES:
+            return f"target: server {target!r} is {_state(server)} ({server.last_error or 'no answer'})"
+        return None
+    if runpod_ok or any(s.enabled and _state(s) in READY_STATES for s in servers.values()):
+        return None
+    lines = [f"{s.name} ({s.address}): {_state(s)}" for s in servers.values()]
+    return "no backend is reachable: " + ("; ".join(lines) or "no servers configured")
+
+
+def _state(server: Any) -> str:
+    state = server.state
+    return str(getattr(state, "value", state))
+
+
+def target_names(pool: Any) -> list[str]:
+    """Values for the Render node's target knob: auto, every server, and runpod if set up."""
+    snapshot = pool.snapshot()
+    names = ["auto"] + [s.name for s in snapshot.servers]
+    if snapshot.runpod is not None:
+        names.append("runpod")
+    return names
+
+
+def set_enabled(pool: Any, name: str, enabled: bool) -> None:
+    """Enable or disable one server (called off the UI thread)."""
+    (pool.enable if enabled else pool.disable)(name)
+
+
+def runpod_admin(pool: Any) -> Any:
+    """The endpoint admin of the pool's RunPod backend, or None without RunPod."""
+    runpod = getattr(pool, "runpod", None)
+    return None if runpod is None else getattr(runpod, "admin", None)
+
+
+def set_always_on(pool: Any, on: bool) -> None:
+    """Keep one RunPod worker warm (min workers 1) or let the endpoint scale to zero."""
+    admin = runpod_admin(pool)
+    if admin is None:
+        raise ComfyClusterError("RunPod is not configured, so there is no always-on worker to switch")
+    (admin.warm if on else admin.cold)()
+
+
+# --------------------------------------------------------------------------- work
+
+@dataclass
+class Outcome:
+    """What came back: output files per frame (or iteration), failures, who rendered."""
+
+    frames: dict[int, list[Path]]
+    failed: dict[int, str]
+    by_server: dict[str, int]
+    seeds: dict[int, Any] = field(default_factory=dict)
+    cancelled: bool = False
+    error: str | None = None
+
+
+class Work(Protocol):
+    """A started submission: a ``Batch``, or a single ``Job`` seen through ``JobWork``."""
+
+    @property
+    def progress(self) -> tuple[int, int, int]: ...
+
+    def cancel(self) -> None: ...
+
+
+@dataclass
+class ActiveWork:
+    """One running submission, as the status panel lists it."""
+
+    label: str
+    work: Any
+    servers: dict[str, int] = field(default_factory=dict)
+    finished: bool = False
+
+
+class JobWork:
+    """A single-frame ``Job`` with a batch's surface (progress, cancel, outcome)."""
+
+    def __init__(self, job: Any, frame: int) -> None:
+        self.job = job
+        self.frame = frame
+
+    @property
+    def progress(self) -> tuple[int, int, int]:
+        state = str(getattr(self.job.state, "value", self.job.state))
+        return (1 if state == "done" else 0, 1 if state in ("failed", "cancelled") else 0, 1)
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+def start(settings: RenderSettings, *, pool: Any, inputs: dict[str, str],
+          on_event: Callable[[Any], None] | None = None) -> Any:
+    """Start the work the settings describe; returns a ``Batch`` or a ``JobWork``.
+
+    ``inputs`` maps ``NODE.INPUT`` to a rendered frame pattern (range) or file (single frame,
+    iterations). Network calls happen here, so call it off the main thread.
+    """
+    from comfy_cluster import run
+
+    workflow = load_workflow(settings.workflow)
+    values = parse_values(settings.values) or None
+    target = settings.target_arg
+    if settings.mode is Mode.SINGLE:
+        from comfy_cluster.frames import FramePattern
+
+        output_dir = Path(FramePattern.parse(settings.output).format(settings.frame)).parent
+        job = run.submit(workflow, pool=pool, inputs=inputs, values=values, output_dir=output_dir, target=target)
+        return JobWork(job, settings.frame)
+    if settings.mode is Mode.ITERATIONS:
+        return run.iteration_submit(workflow, pool=pool, count=settings.iterations, output=settings.output,
+                                    seed_mode=settings.seed_mode, inputs=inputs, values=values, target=target,
+                                    on_event=on_event)
+    return run.animation_submit(workflow, pool=pool, frames=settings.frames, inputs=inputs, output=settings.output,
+                                values=values, chunk=settings.chunk, target=target, on_event=on_event)
+
+
+def outcome(work: Any, timeout: float | None = None) -> Outcome:
+    """Wait for the work and return what it produced; a cancel gives a partial outcome."""
+    if isinstance(work, JobWork):
+        try:
+            result = work.job.result(timeout=timeout)
+        except Cancelled:
+            return Outcome({}, {}, {}, cancelled=True)
+        except ComfyClusterError as err:
+            return Outcome({}, {work.frame: str(err)}, {})
+        return Outcome({work.frame: [Path(p) for p in result.outputs]}, {}, {result.server: 1})
+    result = work.result(timeout=timeout)
+    seeds = dict(getattr(work, "seeds", None) or {})
+    return Outcome({int(k): [Path(p) for p in v] for k, v in result.frames.items()},
+                   {int(k): str(v) for k, v in result.failed.items()}, dict(result.by_server), seeds=seeds,
+                   cancelled=bool(result.cancelled))
+
+
+def register(label: str, work: Any) -> ActiveWork:
+    """List the work in the status panel until ``finish`` is called."""
+    entry = ActiveWork(label, work)
+    with _lock:
+        _batches.append(entry)
+    return entry
+
+
+def finish(entry: ActiveWork) -> None:
+    entry.finished = True
+    with _lock:
+        if entry in _batches:
+            _batches.remove(entry)
+
+
+def active() -> list[ActiveWork]:
+    """The running submissions, oldest first."""
+    with _lock:
+        return list(_batches)

@@ -1,0 +1,367 @@
+"""PromptTracker / PromptWatch: websocket routing, history fallback, drops, faults, kills.
+
+A scripted aiohttp server plays exact frame sequences (binary previews, garbage); the
+emulator plays a real ComfyUI for everything else. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+import pytest
+from aiohttp import web
+
+from comfy_cluster.comfy_api import ComfyClient, Event, PromptTracker, Timeouts
+from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
+from comfy_cluster.errors import (
+    Cancelled,
+    ExecutionFailed,
+    Interrupted,
+    JobTimeout,
+    ServerUnavailable,
+)
+
+FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    """Poll a condition with a deadline (tests never sleep-and-hope)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class ScriptedComfy:
+    """A loopback server that sends a fixed frame script to each websocket and answers /history."""
+
+    def __init__(self, script: list[str | bytes], history: dict[str, Any] | None = None) -> None:
+        self.script = script
+        self.history = history or {}
+        self.history_hits = 0
+        self.received: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/ws", self._ws)
+        app.router.add_get("/history/{pid}", self._history)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        first = await ws.receive(timeout=5)
+        self.received.append(first.data)
+        for frame in self.script:
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_str(frame)
+        async for _ in ws:
+            pass
+        return ws
+
+    async def _history(self, request: web.Request) -> web.Response:
+        self.history_hits += 1
+        pid = request.match_info["pid"]
+        return web.json_response({pid: self.history[pid]} if pid in self.history else {})
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def msg(kind: str, **data: Any) -> str:
+    return json.dumps({"type": kind, "data": data})
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    servers: list[ScriptedComfy] = []
+
+    def make(script: list[str | bytes], history: dict | None = None) -> ScriptedComfy:
+        servers.append(ScriptedComfy(script, history))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def test_frames_are_routed_by_prompt_and_garbage_is_skipped(scripted) -> None:
+    meta = json.dumps({"node_id": "9", "prompt_id": "p-1", "image_type": "image/png"}).encode()
+    image = {"images": [{"filename": "run_00001_.png", "subfolder": "shots", "type": "output"}]}
+    server = scripted([
+        msg("status", status={"exec_info": {"queue_remaining": 1}}, sid="c"),
+        "{not json",
+        '"a bare string"',
+        json.dumps({"type": 5, "data": {}}),
+        msg("executing", node="3"),                                  # reconnect notice, no prompt id
+        msg("execution_start", prompt_id="p-1", timestamp=1000),
+        msg("execution_cached", nodes=[], prompt_id="p-1", timestamp=1000),
+        msg("executing", node="9", display_node="9", prompt_id="p-1"),
+        struct.pack(">II", 4, len(meta)) + meta + b"PNG-A",         # preview with its prompt id
+        struct.pack(">II", 1, 2) + b"PNG-B",                         # legacy preview: the running prompt's
+        struct.pack(">II", 3, 1) + b"9" + b"hello",                  # text from node 9
+        struct.pack(">I", 77) + b"unknown",                          # unknown type: skipped
+        b"\x00",                                                     # too short: skipped
+        msg("progress", value=1, max=2, node="9", prompt_id="p-1"),
+        msg("executed", node="9", display_node="9", output=image, prompt_id="p-1"),
+        msg("execution_start", prompt_id="p-2", timestamp=1001),    # nobody watches p-2 yet
+        msg("execution_success", prompt_id="p-1", timestamp=1500),
+        msg("status", status={"exec_info": {"queue_remaining": 0}}),
+    ])
+    statuses: list[int] = []
+    links: list[bool] = []
+    events: list[Event] = []
+    tracker = PromptTracker(ComfyClient(server.url, name="scripted", timeouts=FAST), "c",
+                            on_status=statuses.append, on_connection=links.append)
+    with tracker:
+        assert tracker.wait_connected(5)
+        watch = tracker.watch("p-1", on_event=events.append)   # events seen before this are replayed
+        entry = watch.wait(5)
+        assert wait_for(lambda: statuses == [1, 0])
+        late = tracker.watch("p-2")
+        assert wait_for(lambda: late._stream_complete)      # the buffered execution_start was replayed
+        late.close()
+    assert links[0] is True
+    assert json.loads(server.received[0]) == {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+    assert entry.status_str == "success" and entry.outputs == {"9": image}
+    assert [(i.node_id, i.filename, i.subfolder) for i in entry.images] == [("9", "run_00001_.png", "shots")]
+    assert [m[0] for m in entry.messages] == ["execution_start", "execution_cached", "execution_success"]
+    assert server.history_hits == 0                       # the whole stream was seen: no /history trip
+    previews = [e for e in events if e.type == "preview"]
+    assert [(p.data["image"], p.data["format"]) for p in previews] == [(b"PNG-A", "png"), (b"PNG-B", "png")]
+    assert [e.data for e in events if e.type == "progress_text"] == [{"node": "9", "text": "hello"}]
+    assert [e.type for e in events if e.type.startswith("execution")] == [
+        "execution_start", "execution_cached", "execution_success"]
+
+
+def test_execution_error_event_raises_execution_failed(scripted) -> None:
+    server = scripted([
+        msg("execution_start", prompt_id="p-3", timestamp=1),
+        msg("execution_error", prompt_id="p-3", node_id="5", node_type="ImageBlur", exception_type="RuntimeError",
+            exception_message="boom\n", traceback=["..."], executed=[], timestamp=2),
+        msg("executing", node=None, prompt_id="p-3"),
+    ])
+    tracker = PromptTracker(ComfyClient(server.url, name="gpu-05", timeouts=FAST), "c")
+    watch = tracker.watch("p-3")
+    with tracker, pytest.raises(ExecutionFailed) as info:
+        watch.wait(5)
+    err = info.value
+    assert str(err) == "server 'gpu-05': node 5 (ImageBlur) raised RuntimeError: boom (prompt p-3)"
+    assert (err.node_id, err.node_type, err.exception_type, err.exception_message) == (
+        "5", "ImageBlur", "RuntimeError", "boom")
+    assert (err.server, err.prompt_id) == ("gpu-05", "p-3")
+
+
+def test_a_missed_start_means_outputs_come_from_history(scripted) -> None:
+    """Joining mid-prompt, the websocket's outputs may be partial: ask /history instead."""
+    stored = {"prompt": [], "outputs": {"4": {"images": [{"filename": "h.png", "subfolder": "", "type": "output"}]}},
+              "status": {"status_str": "success", "completed": True, "messages": []}}
+    server = scripted([
+        msg("executed", node="7", output={"images": []}, prompt_id="p-4"),
+        msg("executing", node=None, prompt_id="p-4"),
+    ], history={"p-4": stored})
+    tracker = PromptTracker(ComfyClient(server.url, timeouts=FAST), "c")
+    watch = tracker.watch("p-4")
+    with tracker:
+        entry = watch.wait(5)
+    assert [i.filename for i in entry.images] == ["h.png"]
+    assert server.history_hits >= 1
+
+
+def test_history_error_status_raises_from_its_messages(scripted) -> None:
+    stored = {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [
+        ["execution_start", {"prompt_id": "p-5", "timestamp": 1}],
+        ["execution_interrupted", {"prompt_id": "p-5", "node_id": "2", "node_type": "ImageInvert", "executed": []}]]}}
+    server = scripted([], history={"p-5": stored})
+    tracker = PromptTracker(ComfyClient(server.url, name="gpu-06", timeouts=FAST), "c", poll_interval=0.05)
+    watch = tracker.watch("p-5")             # never started: wait() polls history
+    with pytest.raises(Interrupted, match=r"server 'gpu-06': prompt p-5 was interrupted at node 2 \(ImageInvert\)"):
+        watch.wait(5)
+
+
+def test_stop_returns_promptly_and_reports_the_drop(scripted) -> None:
+    server = scripted([])
+    links: list[bool] = []
+    tracker = PromptTracker(ComfyClient(server.url, timeouts=FAST), "c", on_connection=links.append).start()
+    assert tracker.wait_connected(5)
+    started = time.monotonic()
+    tracker.stop()
+    assert time.monotonic() - started < 1.0
+    assert links == [True, False] and not tracker.connected
+
+
+def test_cancel_returns_promptly(scripted) -> None:
+    server = scripted([])
+    tracker = PromptTracker(ComfyClient(server.url, timeouts=FAST), "c")
+    watch = tracker.watch("p-6")
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    with tracker:
+        started = time.monotonic()
+        with pytest.raises(Cancelled, match="prompt p-6 was cancelled"):
+            watch.wait(30, cancel=cancel)
+        assert time.monotonic() - started < 1.0
+
+
+def test_timeout_raises_job_timeout(scripted) -> None:
+    server = scripted([])
+    tracker = PromptTracker(ComfyClient(server.url, name="gpu-07", timeouts=FAST), "c")
+    watch = tracker.watch("p-7")
+    with tracker, pytest.raises(JobTimeout, match="server 'gpu-07': prompt p-7 did not finish within 0.3 s"):
+        watch.wait(0.3)
+
+
+def test_a_prompt_is_watched_once(scripted) -> None:
+    tracker = PromptTracker(ComfyClient("http://127.0.0.1:9", timeouts=FAST), "c")
+    watch = tracker.watch("p-8")
+    with pytest.raises(ValueError, match="already watched"):
+        tracker.watch("p-8")
+    watch.close()
+    tracker.watch("p-8").close()
+
+
+# -- against the emulator ----------------------------------------------------------------------
+
+CLIENT_ID = "nuke-artist-02"
+
+
+@pytest.fixture
+def emu() -> Iterator[EmulatorThread]:
+    server = EmulatorThread(name="gpu-02").start()
+    try:
+        yield server
+    finally:
+        server.set_faults(hang=False, ws_garbage=False, bad_json=False)
+        server.stop()
+
+
+@pytest.fixture
+def client(emu: EmulatorThread) -> Iterator[ComfyClient]:
+    with ComfyClient(emu.url, name="gpu-02", timeouts=FAST) as c:
+        yield c
+
+
+def graph(prefix: str, color: int = 0x808080) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": color}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def submit(client: ComfyClient, tracker: PromptTracker, prefix: str, on_event=None):
+    pid = uuid.uuid4().hex
+    watch = tracker.watch(pid, on_event=on_event)
+    client.submit(graph(prefix), client_id=CLIENT_ID, prompt_id=pid)
+    return pid, watch
+
+
+def test_result_comes_from_the_socket_without_history(emu, client) -> None:
+    with PromptTracker(client, CLIENT_ID) as tracker:
+        assert tracker.wait_connected(5)
+        emu.set_faults(bad_json=True)          # /history would answer truncated JSON
+        pid, watch = submit(client, tracker, "ws-only")
+        entry = watch.wait(10)
+    assert entry.prompt_id == pid and [i.filename for i in entry.images] == ["ws-only_00001_.png"]
+
+
+def test_socket_drop_mid_job_still_completes(emu, client) -> None:
+    emu.set_faults(seconds_per_job=0.6)
+    started = threading.Event()
+    links: list[bool] = []
+    with PromptTracker(client, CLIENT_ID, on_connection=links.append, poll_interval=0.1) as tracker:
+        assert tracker.wait_connected(5)
+        pid, watch = submit(client, tracker, "dropped",
+                            on_event=lambda e: e.type == "execution_start" and started.set())
+        assert started.wait(5)
+        assert emu.drop_websockets() >= 1
+        entry = watch.wait(10)
+        assert wait_for(lambda: links[-2:] == [False, True])     # dropped, then reconnected
+    assert [i.filename for i in entry.images] == ["dropped_00001_.png"]
+
+
+def test_garbage_frames_are_skipped(emu, client) -> None:
+    with PromptTracker(client, CLIENT_ID) as tracker:
+        assert tracker.wait_connected(5)
+        emu.set_faults(ws_garbage=True)
+        pid, watch = submit(client, tracker, "garbage")
+        entry = watch.wait(10)
+        assert tracker.connected
+    assert entry.status_str == "success" and entry.images
+
+
+def test_without_a_socket_wait_polls_history(emu, client) -> None:
+    tracker = PromptTracker(client, CLIENT_ID, poll_interval=0.05)   # never started
+    pid, watch = submit(client, tracker, "polled")
+    entry = watch.wait(10)
+    assert [i.filename for i in entry.images] == ["polled_00001_.png"]
+    assert [m[0] for m in entry.messages][-1] == "execution_success"
+
+
+def test_interrupt_raises_interrupted(emu, client) -> None:
+    emu.set_faults(seconds_per_job=5.0)
+    started = threading.Event()
+    with PromptTracker(client, CLIENT_ID) as tracker:
+        assert tracker.wait_connected(5)
+        pid, watch = submit(client, tracker, "stopped", on_event=lambda e: e.type == "execution_start" and started.set())
+        assert started.wait(5)
+        client.interrupt(pid)
+        with pytest.raises(Interrupted) as info:
+            watch.wait(10)
+    assert info.value.prompt_id == pid and info.value.server == "gpu-02"
+
+
+def test_a_hung_server_times_out(emu, client) -> None:
+    emu.set_faults(hang=True)
+    with PromptTracker(client, CLIENT_ID) as tracker:
+        pid, watch = submit(client, tracker, "hung")
+        with pytest.raises(JobTimeout, match=f"prompt {pid} did not finish within 0.5 s"):
+            watch.wait(0.5)
+
+
+def test_killed_server_with_lost_signal_fails_promptly() -> None:
+    proc = EmulatorProcess(seconds_per_job=30.0, name="gpu-09").start(timeout=15)
+    try:
+        client = ComfyClient(proc.url, name="gpu-09", timeouts=FAST)
+        started = threading.Event()
+        lost = threading.Event()
+        with PromptTracker(client, CLIENT_ID, on_connection=lambda up: up or lost.set()) as tracker:
+            assert tracker.wait_connected(5)
+            pid, watch = submit(client, tracker, "killed",
+                                on_event=lambda e: e.type == "execution_start" and started.set())
+            assert started.wait(5)
+            proc.kill()
+            begun = time.monotonic()
+            with pytest.raises(ServerUnavailable) as info:
+                watch.wait(60, lost=lost)
+            assert time.monotonic() - begun < 3.0
+        assert type(info.value) is ServerUnavailable
+        assert f"server 'gpu-09' went offline while prompt {pid} was running" in str(info.value)
+        assert info.value.prompt_id == pid
+    finally:
+        proc.stop()
