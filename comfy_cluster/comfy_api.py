@@ -347,6 +347,23 @@ def _history_failure(entry: HistoryEntry, server: str) -> ComfyClusterError | No
     return None
 
 
+def _make_session(base_url: str) -> requests.Session:
+    """A pooled session whose proxy and CA settings are read from the environment once.
+
+    requests re-reads every environment variable (proxies, netrc, CA bundle) on each call,
+    which costs about a millisecond per request: too much on the per-frame path.
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    settings = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]
+    session.trust_env = False
+    return session
+
+
 class ComfyClient:
     """One ComfyUI server's HTTP API. Transport only: never retries, never chooses.
 
@@ -377,10 +394,7 @@ class ComfyClient:
         self._headers = dict(headers or {})
         self._owns_session = session is None
         if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = _make_session(self.base_url)
         self._session = session
 
     @classmethod
@@ -865,8 +879,7 @@ class PromptWatch:
         name = self._client.name
         start = time.monotonic()
         deadline = start + timeout
-        quiet_after = max(5.0, 5 * tracker.poll_interval)
-        unreachable_after = max(10.0, 5 * tracker.poll_interval)
+        quiet_after = max(tracker.quiet_after, tracker.poll_interval)
         next_poll = start
         failing_since: float | None = None
         try:
@@ -897,7 +910,7 @@ class PromptWatch:
                         except ServerUnavailable as err:
                             failing_since = failing_since or now
                             log.debug("polling history of %s on '%s' failed: %s", self.prompt_id, name, err)
-                            if not tracker.connected and time.monotonic() - failing_since >= unreachable_after:
+                            if not tracker.connected and time.monotonic() - failing_since >= tracker.unreachable_after:
                                 raise
                             entry = None
                         if entry is not None:
@@ -947,6 +960,11 @@ class PromptTracker:
     ping_interval = 10.0
     #: How often the reader wakes to notice ``stop()``.
     tick = 0.1
+    #: Seconds without an event for a prompt before its watch also polls /history.
+    quiet_after = 5.0
+    #: Seconds of failing history polls, with the socket down, before a watch gives up
+    #: (``ServerUnavailable``) even if nobody sets ``lost``: a dead socket never hangs a job.
+    unreachable_after = 10.0
     #: Events kept for prompts nobody watches yet (watch registered after submit).
     orphan_prompts = 32
     orphan_events = 256

@@ -452,9 +452,14 @@ def _json_type(value: Any) -> str:
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
+    """``("path_map", 0, "local")`` as ``path_map[0].local``; odd keys quoted so a line stays one line."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        key = str(part) if str(part).isidentifier() else _show(str(part))
+        text += f".{key}" if text else key
     return text
 
 

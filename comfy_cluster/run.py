@@ -375,13 +375,18 @@ class Batch:
 
     def _fail_pending(self, err: ComfyClusterError) -> None:
         with self._cond:
-            doomed = list(self._pending)
-            self._pending.clear()
-            for task in doomed:
-                self._mark_failed(task, err)
-            self._cond.notify_all()
+            doomed = self._drain_pending(err)
         for task in doomed:
             self._emit("failed", task.key, {"error": str(err)})
+
+    def _drain_pending(self, err: ComfyClusterError) -> list[FrameTask]:
+        """Fail every unsent task with ``err`` (lock held); returns them for their events."""
+        doomed = list(self._pending)
+        self._pending.clear()
+        for task in doomed:
+            self._mark_failed(task, err)
+        self._cond.notify_all()
+        return doomed
 
     # -- one attempt --------------------------------------------------------------------------
 
@@ -425,8 +430,10 @@ class Batch:
             result = backend.run_prompt(request, on_event=self._backend_events(task, backend.name),
                                         cancel=self._cancel)
         except Exception as err:
-            lease.release(ok=False)
+            # decide retry / fail / stop before the slot is freed, so the scheduler never
+            # sends another doomed frame in between
             self._attempt_failed(task, attempt, err)
+            lease.release(ok=False)
             return
         lease.release(seconds=result.elapsed, ok=True)
         try:
@@ -537,10 +544,11 @@ class Batch:
                 return
             self._mark_failed(task, err)
             stop = self._note_fatal(task, err)
+            doomed = self._drain_pending(stop) if stop is not None else []
         log.error("%s failed: %s", task.label, err)
         self._emit("failed", task.key, {"error": str(err)})
-        if stop is not None:
-            self._fail_pending(stop)
+        for other in doomed:
+            self._emit("failed", other.key, {"error": str(stop)})
 
     def _mark_failed(self, task: FrameTask, err: ComfyClusterError) -> None:
         task.set_state(JobState.FAILED)

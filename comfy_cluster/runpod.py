@@ -59,6 +59,14 @@ ENDPOINT_ID_ENV = "RUNPOD_ENDPOINT_ID"
 _MAX_RETRY_AFTER = 60.0
 
 
+class BudgetReached(BudgetExceeded, ServerUnavailable):
+    """The daily budget stops this job before anything is sent: safe to run it elsewhere.
+
+    A ``BudgetExceeded`` that is also a ``ServerUnavailable``, so the dispatcher moves the
+    frame to a local server (or lets it wait) instead of failing it.
+    """
+
+
 # --------------------------------------------------------------------------- HTTP
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
@@ -564,7 +572,8 @@ class RunPodEndpoint:
         """Run ``request`` on the endpoint. The ledger's batch is ``batch_id``, else
         ``request.batch_id`` if the request has one, else ``request.label``.
 
-        Raises ``BudgetExceeded`` (nothing sent) when this job would pass the daily budget.
+        Raises ``BudgetReached`` (a ``BudgetExceeded``; nothing sent, safe to run elsewhere)
+        when this job would pass the daily budget.
         """
         if not self.enabled:
             raise ServerUnavailable(f"RunPod endpoint '{self.name}' is disabled", server=self.name,
@@ -573,8 +582,8 @@ class RunPodEndpoint:
         with self._lock:
             reason = self.blocked_reason
             if reason:
-                raise BudgetExceeded(f"RunPod endpoint '{self.name}': {reason}", server=self.name,
-                                     prompt_id=request.prompt_id)
+                raise BudgetReached(f"RunPod endpoint '{self.name}': {reason}", server=self.name,
+                                    prompt_id=request.prompt_id)
             self._in_flight += 1
         batch = batch_id if batch_id is not None else str(getattr(request, "batch_id", "") or request.label)
         try:
@@ -785,5 +794,5 @@ def runpod_status_text(status: RunPodStatus, settings: Any = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RunPodEndpoint", "RunPodStatus", "Payload", "build_payload", "parse_health", "runpod_status_text",
+__all__ = ["BudgetReached", "RunPodEndpoint", "RunPodStatus", "Payload", "build_payload", "parse_health", "runpod_status_text",
            "RUN_PAYLOAD_LIMIT", "send_with_retry", "retry_after_seconds"]

@@ -466,6 +466,9 @@ class ComfyUIServer:
                                         poll_interval=min(1.0, self.poll_interval))
                 tracker.start()
                 self._tracker = tracker
+                # The first prompt's events only reach us over an open socket; the history
+                # fallback covers a server whose websocket does not come up in time.
+                tracker.wait_connected(self.client.timeouts.connect)
             return self._tracker
 
     @property
@@ -501,24 +504,13 @@ class ComfyUIServer:
         workflow = transfer.stage_inputs(self.config, self.client, request.workflow, request.inputs,
                                          cache=self.upload_cache)
         tracker = self._ensure_tracker()
-        timing: dict[str, float] = {}
-
-        def forward(event: Event) -> None:
-            if event.type == "execution_start":
-                timing["start"] = self._clock()
-                on_event("started", {})
-            elif event.type == "progress":
-                data = event.data
-                on_event("progress", {"value": data.get("value"), "max": data.get("max"), "node": data.get("node")})
-            elif event.type == "executing" and event.data.get("node") is not None:
-                on_event("executing", {"node": event.data["node"]})
-
-        watch = tracker.watch(pid, on_event=forward)
+        relay = _EventRelay(on_event, self._clock)
+        watch = tracker.watch(pid, on_event=relay.forward)
         lost = self.lost
         submitted_at = self._clock()
         try:
             self._submit(workflow, pid)
-            on_event("submitted", {"backend": self.name, "prompt_id": pid})
+            relay.open({"backend": self.name, "prompt_id": pid})
             try:
                 entry = watch.wait(request.timeout, cancel=cancel, lost=lost)
             except Cancelled:
@@ -539,7 +531,7 @@ class ComfyUIServer:
         done_at = self._clock()
         elapsed = _server_seconds(entry.messages)
         if elapsed is None:
-            elapsed = done_at - timing.get("start", submitted_at)
+            elapsed = done_at - (relay.started_at or submitted_at)
         output_dir = transfer.remote_output_dir(self.config, list(self._argv)) if self.config.transfer == "shared" else None
         outputs = [OutputRef(filename=image.filename, node_id=image.node_id, index=i,
                              fetch=transfer.make_output_fetcher(self.config, self.client, image,
@@ -588,6 +580,45 @@ class ComfyUIServer:
                 self.client.interrupt(prompt_id=pid)
         except ComfyClusterError as err:
             log.warning("server %r: could not interrupt prompt %s: %s", self.name, pid, err)
+
+
+class _EventRelay:
+    """Turns websocket events into JobEvents, holding them back until "submitted" went out.
+
+    The socket can report ``execution_start`` before ``POST /prompt`` has returned; the
+    caller must still see "submitted" first.
+    """
+
+    def __init__(self, on_event: EventCallback, clock: Callable[[], float]) -> None:
+        self._on_event = on_event
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: list[tuple[str, dict[str, Any]]] | None = []
+        self.started_at: float | None = None
+
+    def open(self, submitted: dict[str, Any]) -> None:
+        self._on_event("submitted", submitted)
+        with self._lock:
+            held, self._held = self._held or [], None
+        for kind, data in held:
+            self._on_event(kind, data)
+
+    def forward(self, event: Event) -> None:
+        data = event.data
+        if event.type == "execution_start":
+            self.started_at = self._clock()
+            job_event: tuple[str, dict[str, Any]] = ("started", {})
+        elif event.type == "progress":
+            job_event = ("progress", {"value": data.get("value"), "max": data.get("max"), "node": data.get("node")})
+        elif event.type == "executing" and data.get("node") is not None:
+            job_event = ("executing", {"node": data["node"]})
+        else:
+            return
+        with self._lock:
+            if self._held is not None:
+                self._held.append(job_event)
+                return
+        self._on_event(*job_event)
 
 
 def _server_seconds(messages: Iterable[Any]) -> float | None:

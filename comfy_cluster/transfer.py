@@ -25,7 +25,7 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import TransferError
 from .paths import PathMapper, is_absolute

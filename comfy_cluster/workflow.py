@@ -267,7 +267,8 @@ class Workflow:
                     allow_new: bool = False) -> Workflow:
         """Set literal inputs: ``{"3.seed": 42, "Plate.image": "sh010/plate.png"}``.
 
-        A list value is wrapped as ``{"__value__": [...]}`` so ComfyUI reads it as a literal.
+        A list (or tuple) value is wrapped as ``{"__value__": [...]}`` so ComfyUI reads it as a
+        literal. Keys may also be ``(node, input)`` pairs, as ``load_image_inputs()`` returns.
         A linked input is only replaced with ``replace_links=True``: overwriting a wire by
         accident silently cuts part of the graph out of the render.
         """

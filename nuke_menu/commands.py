@@ -132,8 +132,7 @@ def toggle_always_on() -> threading.Thread:
 
     def flip() -> None:
         try:
-            core.set_always_on(pool, turn_on)
-            text = f"RunPod always-on worker is now {'on' if turn_on else 'off'}."
+            text = f"RunPod always-on worker: {core.set_always_on(pool, turn_on)}"
         except ComfyClusterError as err:
             text = f"RunPod always-on worker: {err}"
         nuke.executeInMainThread(nuke.message, (text,))

@@ -26,6 +26,7 @@ READY_STATES = frozenset({"online", "busy"})
 
 _lock = threading.Lock()
 _pool: Any = None
+_admin: Any = None
 _batches: list[ActiveWork] = []
 
 
@@ -43,7 +44,8 @@ def shared_pool() -> Any:
 
 
 def _pool_from_env(environ: Mapping[str, str]) -> Any:
-    """``ComfyUIServerPool.from_env`` with the configured RunPod endpoint attached."""
+    """``ComfyUIServerPool.from_env`` with the configured RunPod endpoint and its admin."""
+    global _admin
     from comfy_cluster.config import load_config
     from comfy_cluster.pool import ComfyUIServerPool
 
@@ -51,16 +53,21 @@ def _pool_from_env(environ: Mapping[str, str]) -> Any:
     runpod = None
     if cfg.runpod is not None and cfg.runpod.enabled:
         from comfy_cluster.runpod import RunPodEndpoint
+        from comfy_cluster.runpod_admin import RunPodAdmin
 
         runpod = RunPodEndpoint(cfg.runpod, environ=environ).start()
+        _admin = RunPodAdmin(cfg.runpod, environ=environ)
     return ComfyUIServerPool.from_env(environ, runpod=runpod)
 
 
-def set_shared_pool(pool: Any) -> None:
-    """Use this pool for the session (a studio tool's own, or a test's); None forgets it."""
-    global _pool
+def set_shared_pool(pool: Any, admin: Any = None) -> None:
+    """Use this pool (and RunPod admin) for the session: a studio tool's own, or a test's.
+
+    ``set_shared_pool(None)`` forgets both.
+    """
+    global _pool, _admin
     with _lock:
-        _pool = pool
+        _pool, _admin = pool, admin
 
 
 def current_pool() -> Any:
@@ -163,17 +170,28 @@ def set_enabled(pool: Any, name: str, enabled: bool) -> None:
 
 
 def runpod_admin(pool: Any) -> Any:
-    """The endpoint admin of the pool's RunPod backend, or None without RunPod."""
-    runpod = getattr(pool, "runpod", None)
-    return None if runpod is None else getattr(runpod, "admin", None)
+    """The ``RunPodAdmin`` of the session's endpoint, or None without RunPod."""
+    return _admin if getattr(pool, "runpod", None) is not None else None
 
 
-def set_always_on(pool: Any, on: bool) -> None:
-    """Keep one RunPod worker warm (min workers 1) or let the endpoint scale to zero."""
+def set_always_on(pool: Any, on: bool) -> str:
+    """Keep one RunPod worker warm (workersMin 1) or let it scale to zero; network: not on the UI thread.
+
+    Returns the admin's account of what it did; the pool's status shows the new setting.
+    """
     admin = runpod_admin(pool)
     if admin is None:
         raise ComfyClusterError("RunPod is not configured, so there is no always-on worker to switch")
-    (admin.warm if on else admin.cold)()
+    result = admin.warm() if on else admin.cold()
+    pool.runpod.set_endpoint_settings(result.after)
+    return str(result)
+
+
+def read_runpod_settings(pool: Any) -> None:
+    """Read workersMin/Max once so the status shows the always-on state (network)."""
+    admin = runpod_admin(pool)
+    if admin is not None:
+        pool.runpod.set_endpoint_settings(admin.status())
 
 
 # --------------------------------------------------------------------------- work

@@ -52,6 +52,7 @@ class StatusPanel(QtWidgets.QWidget):
         self._notes_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self._build()
+        self._runpod_read = False
         self._timer = QtCore.QTimer(self)
         self._timer.timeout.connect(self.refresh)
         self._timer.start(interval_ms)
@@ -114,6 +115,10 @@ class StatusPanel(QtWidgets.QWidget):
             return
         self._show_servers(snapshot.servers)
         self._show_runpod(snapshot.runpod)
+        if snapshot.runpod is not None and not self._runpod_read:
+            self._runpod_read = True
+            pool = self.pool
+            self._background("runpod_settings", "read RunPod settings", lambda: core.read_runpod_settings(pool))
         self._show_batches(core.active())
         with self._notes_lock:
             self.notes.setText("\n".join(self._notes[-3:]))
@@ -141,7 +146,7 @@ class StatusPanel(QtWidgets.QWidget):
     def _show_server(self, row: int, status: Any) -> None:
         state = _state_text(status.state)
         device = status.devices[0] if status.devices else None
-        gpu = "-" if device is None else str(device.name).split(":")[-1].strip()
+        gpu = "-" if device is None else _gpu_name(str(device.name))
         vram = "-" if device is None else f"{_gib(device.vram_free)}/{_gib(device.vram_total)} GB"
         spj = "-" if status.seconds_per_job is None else f"{status.seconds_per_job:.1f}"
         texts = (state, status.name, status.address, f"{status.queue_running}/{status.queue_pending}", gpu, vram,
@@ -195,6 +200,8 @@ class StatusPanel(QtWidgets.QWidget):
                 label, bar = QtWidgets.QLabel(), QtWidgets.QProgressBar()
                 self.batch_layout.addWidget(label)
                 self.batch_layout.addWidget(bar)
+                label.show()  # children added to a visible widget stay hidden until shown
+                bar.show()
                 self.batch_bars[id(entry)] = (label, bar)
             label, bar = self.batch_bars[id(entry)]
             done, failed, total = entry.work.progress
@@ -236,7 +243,8 @@ class StatusPanel(QtWidgets.QWidget):
 
     def _always_on_toggled(self, on: bool) -> None:
         pool = self.pool
-        self._background("always_on", "RunPod always-on worker", lambda: core.set_always_on(pool, on))
+        self._background("always_on", "RunPod always-on worker",
+                         lambda: self._note(core.set_always_on(pool, on)))
 
     # -- reading back (tests, tooltips) ----------------------------------------------------------
 
@@ -254,6 +262,13 @@ class StatusPanel(QtWidgets.QWidget):
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         self._timer.stop()
         super().closeEvent(event)
+
+
+def _gpu_name(device: str) -> str:
+    """ComfyUI's ``"cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"`` -> ``"NVIDIA GeForce RTX 4090"``."""
+    name = device.split(" : ")[0].strip()
+    first, _, rest = name.partition(" ")
+    return rest.strip() if ":" in first and rest.strip() else name
 
 
 def _dash(value: Any) -> str:

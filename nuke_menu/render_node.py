@@ -32,7 +32,8 @@ def is_render_node(node: nuke.Node | None) -> bool:
 
 
 def create(target_names: list[str] | None = None) -> nuke.Node:
-    """Make a ComfyUI Render node below the selection (UI-style: wired to the selected node)."""
+    """Make a ComfyUI Render node below the selection, its input 0 wired to the selected node."""
+    selected = nuke.selectedNodes()
     group = cast(nuke.Group, nuke.createNode("Group", inpanel=False))
     group.setName(f"{NODE_PREFIX}1", uncollide=True)
     with group:
@@ -43,6 +44,9 @@ def create(target_names: list[str] | None = None) -> nuke.Node:
             inputs.append(node)
         output = nuke.nodes.Output(inputs=[inputs[0]])
         output.setXYpos(0, 100)
+    if selected:  # an empty Group has no input yet when createNode would connect it
+        group.setInput(0, selected[-1])
+        group.setXYpos(selected[-1].xpos(), selected[-1].ypos() + selected[-1].screenHeight() + 40)
     add_knobs(group, target_names or [s.TARGET_AUTO, s.TARGET_RUNPOD])
     return group
 
@@ -101,7 +105,9 @@ def read_settings(node: nuke.Node) -> s.RenderSettings:
     if node[s.KNOB_USE_INPUT_RANGE].value():
         first, last = node.firstFrame(), node.lastFrame()
     mode = s.Mode(str(node[s.KNOB_MODE].value()))
-    frame = nuke.frame() if mode is not s.Mode.RANGE else first
+    frame = nuke.frame()
+    if mode is s.Mode.RANGE or not first <= frame <= last:
+        frame = first  # the current frame, unless it lies outside what the input has
     output = str(node[s.KNOB_OUTPUT].value()).strip() or s.default_output(nuke.root().name(), node.name())
     return s.RenderSettings(
         node=node.name(),

@@ -487,3 +487,11 @@ def test_enabled_servers_by_priority_keep_configured_order_on_ties() -> None:
     ]))
     cfg = ClusterConfig(servers=servers, source="test")
     assert [s.name for s in cfg.enabled_servers] == ["d", "c", "b"]
+
+
+def test_an_odd_unknown_key_stays_on_one_line() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_servers(json.dumps(with_server(0, **{"evil\nkey": 1})))
+    assert error_lines(excinfo) == ['NUKE_COMFYUI_SERVERS[0] ("server1"): "evil\\nkey": unknown field '
+                                    '(known fields: name, ip, port, dir_local, dir_remote, priority, enabled, '
+                                    'scheme, headers, auth_token_env, transfer, max_queue, path_map)']

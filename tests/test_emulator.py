@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -178,7 +179,7 @@ def test_blur_crop_scale_and_blend_arithmetic(emulator):
     assert np.all(np.abs(crop.astype(int) - grey) <= 1)  # a blurred flat field stays flat
     blend = view(emulator.url, entry["outputs"]["11"]["images"][0])
     assert blend.shape == (10, 20, 3)  # height 0 kept the 2:1 aspect
-    assert np.all(blend[..., 2] == 255) and np.all(np.abs(blend[..., :2].astype(int) - grey) <= 1)
+    assert np.all(blend[..., 2] >= 254) and np.all(np.abs(blend[..., :2].astype(int) - grey) <= 1)
     assert view(emulator.url, entry["outputs"]["12"]["images"][0]).shape == (5, 10, 3)  # round(20*0.26), round(40*0.26)
 
 
@@ -517,14 +518,15 @@ def test_feature_flag_handshake_and_binary_text_frame(emulator, sockets):
     reply = sock.until(lambda m: m["type"] == "feature_flags")
     assert reply["data"] == {"supports_preview_metadata": True, "max_upload_size": 104857600}
     prompt = {"1": graph(width=33, height=22)["1"], "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
-              "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "size"}}}
-    post(emulator.url, prompt, client_id="flags")
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
+    prompt_id = post(emulator.url, prompt, client_id="flags").json()["prompt_id"]
     frame = sock.recv()
     while not isinstance(frame, bytes):
         frame = sock.recv()
     assert int.from_bytes(frame[:4], "big") == 3
     length = int.from_bytes(frame[4:8], "big")
     assert frame[8:8 + length] == b"2" and frame[8 + length:] == b"width: 33, height: 22\n batch size: 1"
+    assert wait_history(emulator.url, prompt_id)["outputs"]["3"] == {"text": ["22"]}
 
 
 # --- files in and out -----------------------------------------------------------------
@@ -559,6 +561,10 @@ def test_view_path_rules(emulator):
     assert get(filename="in.png", type="nonsense").status_code == 400
     assert get(filename="passwd", subfolder="../../../etc", type="input").status_code == 403
     assert get(filename="missing.png").status_code == 404
+    webp = get(filename="in.png", subfolder="sub", type="input", preview="webp;80")
+    assert webp.headers["Content-Type"] == "image/webp" and Image.open(io.BytesIO(webp.content)).format == "WEBP"
+    alpha = get(filename="in.png", subfolder="sub", type="input", channel="a")
+    assert Image.open(io.BytesIO(alpha.content)).getchannel("A").getextrema() == (255, 255)
 
 
 def test_load_image_annotations_and_subpaths(emulator):
@@ -666,7 +672,8 @@ def test_process_kill_and_restart_on_the_same_port(emulator_factory):
 def test_process_dies_mid_job(emulator_factory):
     proc = emulator_factory(name="fragile")
     proc.set_faults(die_mid_job=True)
-    post(proc.url, graph())
+    with contextlib.suppress(requests.ConnectionError):  # the answer may or may not beat the crash
+        post(proc.url, graph())
     wait_until(lambda: not proc.alive, what="process exit")
     assert proc._proc.returncode == 3
 

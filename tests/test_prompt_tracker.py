@@ -306,12 +306,13 @@ def test_socket_drop_mid_job_still_completes(emu, client) -> None:
 
 
 def test_garbage_frames_are_skipped(emu, client) -> None:
-    with PromptTracker(client, CLIENT_ID) as tracker:
+    links: list[bool] = []
+    with PromptTracker(client, CLIENT_ID, on_connection=links.append) as tracker:
         assert tracker.wait_connected(5)
         emu.set_faults(ws_garbage=True)
         pid, watch = submit(client, tracker, "garbage")
         entry = watch.wait(10)
-        assert tracker.connected
+        assert links == [True]                 # skipped, not a reason to reconnect
     assert entry.status_str == "success" and entry.images
 
 
@@ -363,5 +364,26 @@ def test_killed_server_with_lost_signal_fails_promptly() -> None:
         assert type(info.value) is ServerUnavailable
         assert f"server 'gpu-09' went offline while prompt {pid} was running" in str(info.value)
         assert info.value.prompt_id == pid
+    finally:
+        proc.stop()
+
+
+def test_killed_server_without_lost_signal_still_ends_the_wait() -> None:
+    proc = EmulatorProcess(seconds_per_job=30.0, name="gpu-10").start(timeout=15)
+    try:
+        client = ComfyClient(proc.url, name="gpu-10", timeouts=FAST)
+        started = threading.Event()
+        tracker = PromptTracker(client, CLIENT_ID, poll_interval=0.05)
+        tracker.unreachable_after = 0.5
+        with tracker:
+            assert tracker.wait_connected(5)
+            pid, watch = submit(client, tracker, "orphaned",
+                                on_event=lambda e: e.type == "execution_start" and started.set())
+            assert started.wait(5)
+            proc.kill()
+            begun = time.monotonic()
+            with pytest.raises(ServerUnavailable, match=f"server 'gpu-10': GET /history/{pid} failed"):
+                watch.wait(60)
+            assert time.monotonic() - begun < 3.0
     finally:
         proc.stop()

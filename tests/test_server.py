@@ -200,7 +200,7 @@ def test_run_prompt_end_to_end(server: ComfyUIServer, tmp_path: Path) -> None:
     server.update_status()
     events: list = []
     pid = uuid.uuid4().hex
-    result = server.run_prompt(PromptRequest(pid, graph(0x204060), label="frame 1001"),
+    result = server.run_prompt(PromptRequest(pid, graph(0x204061, prefix=f"shot010_{pid[:6]}"), label="frame 1001"),
                                on_event=lambda k, d: events.append((k, d)), cancel=threading.Event())
     assert result.prompt_id == pid and result.backend == "gpu-01"
     assert 0 < result.elapsed < 5
@@ -208,12 +208,14 @@ def test_run_prompt_end_to_end(server: ComfyUIServer, tmp_path: Path) -> None:
     assert kinds[0] == "submitted" and events[0][1] == {"backend": "gpu-01", "prompt_id": pid}
     assert "started" in kinds and ("executing", {"node": "2"}) in events
     [out] = result.outputs
-    assert out.node_id == "3" and out.index == 0 and out.filename.startswith("shot010_comp")
+    assert out.node_id == "3" and out.index == 0 and out.filename.startswith(f"shot010_{pid[:6]}")
     dest = tmp_path / "frame.1001.png"
     out.fetch(dest)
     pixels = np.asarray(Image.open(dest).convert("RGB"))
     assert pixels.shape == (4, 8, 3)
-    assert tuple(pixels[0, 0]) == (255 - 0x20, 255 - 0x40, 255 - 0x60)
+    channels = np.array([0x20, 0x40, 0x61], dtype=np.float32) / np.float32(255.0)
+    expected = np.clip((np.float32(1.0) - channels) * np.float32(255.0), 0, 255).astype(np.uint8)  # ComfyUI truncates
+    assert tuple(pixels[0, 0]) == tuple(expected)
 
 
 def test_predicted_finish_counts_our_prompt_once(server: ComfyUIServer, emu: EmulatorThread) -> None:

@@ -6,6 +6,8 @@ import copy
 import doctest
 import json
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -448,3 +450,57 @@ def test_node_accessors_take_any_reference(wf: Workflow) -> None:
     assert wf.describe("ImageBlend") == "13 ImageBlend"
     with pytest.raises(BindingError, match="no node '99'"):
         wf.inputs("99")
+
+
+class TestOnAnEmulatedServer:
+    """The edits a render makes give graphs a ComfyUI server runs, one fresh file per job."""
+
+    @pytest.fixture
+    def emu(self):
+        from comfy_cluster.emulator.process import EmulatorThread
+
+        server = EmulatorThread(name="gpu-01").start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @staticmethod
+    def run(emu: Any, graph: dict[str, Any]) -> list[Path]:
+        """POST the graph, wait for its history entry, return the saved files."""
+        import requests
+
+        answer = requests.post(f"{emu.url}/prompt", json={"prompt": graph, "client_id": "test-workflow"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        prompt_id = answer.json()["prompt_id"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            history = requests.get(f"{emu.url}/history/{prompt_id}", timeout=10).json()
+            if prompt_id in history and history[prompt_id]["status"]["completed"]:
+                images = [img for out in history[prompt_id]["outputs"].values() for img in out.get("images", [])]
+                return [emu.base_dir / img["type"] / img["subfolder"] / img["filename"] for img in images]
+            threading.Event().wait(0.02)
+        raise AssertionError(f"prompt {prompt_id} did not finish within 15 s")
+
+    def test_per_frame_graphs_render_each_plate_to_its_own_file(self, emu: Any) -> None:
+        plates = emu.base_dir / "input" / "sh010"
+        plates.mkdir(parents=True)
+        for frame, grey in ((1001, 40), (1002, 200)):
+            Image.new("RGB", (8, 8), (grey, grey, grey)).save(plates / f"plate.{frame}.png")
+        wf = Workflow.from_dict({
+            "10": {"class_type": "LoadImage", "inputs": {"image": "sh010/plate.####.png"}, "_meta": {"title": "Plate"}},
+            "11": {"class_type": "ImageInvert", "inputs": {"image": ["10", 0]}},
+            "20": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "sh010/comp"},
+                   "_meta": {"title": "Comp Out"}},
+        })
+        seen = {}
+        for frame, attempt in ((1001, 0), (1002, 0), (1001, 1)):
+            job = wf.with_frame(frame).with_output_prefix(f"comfy_cluster/b1/{frame}_{attempt}")
+            [path] = self.run(emu, job.to_dict())
+            assert path.parent == emu.base_dir / "output" / "comfy_cluster" / "b1"
+            assert path.name.startswith(f"{frame}_{attempt}_") and path.is_file()
+            with Image.open(path) as image:
+                seen[(frame, attempt)] = image.getpixel((0, 0))[0]
+        assert abs(seen[(1001, 0)] - (255 - 40)) <= 1
+        assert abs(seen[(1002, 0)] - (255 - 200)) <= 1
+        assert seen[(1001, 1)] == seen[(1001, 0)]   # the retry wrote its own new file

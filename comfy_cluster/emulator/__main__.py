@@ -20,9 +20,6 @@ from aiohttp import web
 from .comfyui import ComfyEmulator
 from .process import READY_PREFIX
 
-log = logging.getLogger("comfy_cluster.emulator")
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m comfy_cluster.emulator", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -62,9 +59,9 @@ async def _serve(args: argparse.Namespace) -> None:
                                  node_classes=classes, name=name, die=_die,
                                  argv=[sys.argv[0], "--port", str(port), "--output-directory", str(server_dir / "output"),
                                        "--input-directory", str(server_dir / "input")])
-        runner = web.AppRunner(emulator.make_app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(emulator.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, args.host, port, shutdown_timeout=1.0).start()
+        await web.TCPSite(runner, args.host, port).start()
         runners.append(runner)
         bound = runner.addresses[0][1]
         emulator.argv[2] = str(bound)

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import hashlib
 import heapq
+import io
 import ipaddress
 import json
 import logging
@@ -34,8 +35,9 @@ from typing import Any, Callable, Iterable
 
 import psutil
 from aiohttp import WSMsgType, web
+from PIL import Image
 
-from .nodes import NODES, Directories, NodeContext, NodeDef
+from .nodes import INPUT_FILES, NODES, Directories, NodeContext, NodeDef
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +222,6 @@ class PromptQueue:
             self.history.pop(prompt_id, None)
 
 
-class ValidationError(Exception):
-    """An exception raised inside validation, reported like ComfyUI's ``exception_during_*``."""
-
-
 class Validator:
     """``execution.validate_prompt`` / ``validate_inputs`` over the server's node table."""
 
@@ -281,7 +279,7 @@ class Validator:
         for name in [*node_def.required, *node_def.optional]:
             category, spec = node_def.input_spec(name)
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
-            info = [kind if kind != "__input_files__" else [], options]
+            info = [kind if kind != INPUT_FILES else [], options]
             if name not in inputs:
                 if category == "required":
                     errors.append(_error("required_input_missing", "Required input is missing", name, input_name=name))
@@ -432,10 +430,6 @@ class Executor:
         cached = [node_id for node_id in prompt if sigs[node_id] in self.cache]
         current_outputs = list(cached)
         add_message("execution_cached", {"nodes": cached, "prompt_id": prompt_id}, False)
-        if server.faults.die_mid_job:
-            server.die()
-        self._hang_while_faulted()
-
         order = self._order(prompt, outputs)
         to_run = [n for n in order if sigs[n] not in self.cache]
         job_slice = server.faults.seconds_per_job / max(len(to_run), 1)
@@ -445,6 +439,9 @@ class Executor:
         progress: dict[str, dict] = {}
         node_id, class_type = None, None
         try:
+            if server.faults.die_mid_job:
+                server.die()
+            self._hang_while_faulted()
             if not to_run:
                 self._gpu_sleep(server.faults.seconds_per_job)
             for node_id in order:
@@ -668,7 +665,7 @@ class ComfyEmulator:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            got = self.queue.get(timeout=0.5)
+            got = self.queue.get(timeout=5.0)
             if got is None:
                 continue
             item, task_id = got
@@ -892,6 +889,9 @@ class ComfyEmulator:
         path = os.path.join(root, filename)
         if not os.path.isfile(path):
             return web.Response(status=404)
+        preview, channel = query.get("preview"), query.get("channel", "rgba")
+        if preview or channel in ("rgb", "a"):
+            return await asyncio.get_running_loop().run_in_executor(None, _reencode, path, filename, preview, channel)
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         if content_type in {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}:
             content_type = "application/octet-stream"
@@ -1023,6 +1023,29 @@ class ComfyEmulator:
                 await ws.close(code=1001)
             dropped += 1
         return self._json({"dropped": dropped})
+
+
+def _reencode(path: str, filename: str, preview: str | None, channel: str) -> web.Response:
+    """``/view`` with ``preview=webp;90`` or ``channel=rgb|a``: re-encode like ``server.view_image``."""
+    with Image.open(path) as img:
+        if preview:
+            kind, _, quality = preview.partition(";")
+            kind = kind if kind in ("webp", "jpeg") else "webp"
+            out = io.BytesIO()
+            img.convert("RGB" if kind == "jpeg" else img.mode if img.mode in ("RGB", "RGBA") else "RGBA").save(
+                out, format=kind, quality=int(quality) if quality.isdigit() else 90)
+            return web.Response(body=out.getvalue(), content_type=f"image/{kind}",
+                                headers={"Content-Disposition": f'filename="{filename}"'})
+        if channel == "rgb":
+            result = img.convert("RGB")
+        else:
+            rgba = img.convert("RGBA")
+            result = Image.new("RGBA", rgba.size, (0, 0, 0, 0))
+            result.putalpha(rgba.getchannel("A"))
+        out = io.BytesIO()
+        result.save(out, format="PNG")
+    return web.Response(body=out.getvalue(), content_type="image/png",
+                        headers={"Content-Disposition": f'filename="{filename}"'})
 
 
 def _ram() -> tuple[int, int]:

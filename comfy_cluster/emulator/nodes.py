@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import time
@@ -392,6 +391,12 @@ def mask_to_image(ctx: NodeContext, mask: np.ndarray) -> NodeResult:
     return NodeResult((np.repeat(np.moveaxis(mask, 1, -1), 3, axis=-1),))
 
 
+def preview_any(ctx: NodeContext, source: Any) -> NodeResult:
+    """PreviewAny: show any value as text (JSON for containers, like comfy_extras.nodes_preview_any)."""
+    text = json.dumps(source, indent=4) if isinstance(source, (dict, list)) else str(source)
+    return NodeResult((), {"text": [text]})
+
+
 def _prefix_vars(prefix: str, width: int, height: int) -> str:
     now = time.localtime()
     for token, value in (
@@ -590,6 +595,15 @@ NODES: dict[str, NodeDef] = {
             output_names=("width", "height", "batch_size"),
             display_name="Get Image Size",
             python_module="comfy_extras.nodes_images",
+        ),
+        NodeDef(
+            "PreviewAny",
+            preview_any,
+            required={"source": ("*", {})},
+            output_node=True,
+            category="utils",
+            display_name="Preview Any",
+            python_module="comfy_extras.nodes_preview_any",
         ),
         NodeDef(
             "ImageToMask",

@@ -91,9 +91,9 @@ class EmulatorThread(_Controlled):
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            self._runner = web.AppRunner(self.emulator.make_app(), access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(self.emulator.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
             loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0)
+            site = web.TCPSite(self._runner, self.host, self.port)
             loop.run_until_complete(site.start())
             self.port = self._runner.addresses[0][1]
         except BaseException as exc:  # noqa: BLE001 - handed to start() in the caller's thread

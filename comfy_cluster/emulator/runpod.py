@@ -69,6 +69,7 @@ class Knobs:
     timed_out_next: int = 0               # next K jobs end TIMED_OUT
     completed_error_next: int = 0         # next K jobs: legacy COMPLETED with {"status": "error"}
     rate_limit_next: int = 0              # next K job-API requests answer 429
+    server_error_next: int = 0            # next K job-API requests answer 503
     retry_after: str | None = "1"         # Retry-After header on those 429s (None: no header)
     execution_timeout_s: float | None = None   # overrides the endpoint's executionTimeoutMs
     retention_s: float = 1800.0           # /run results are kept this long after they finish
@@ -230,6 +231,13 @@ class RunPodEmulator:
                 setattr(self.knobs, name, tuple(value) if name == "admin_apis" else value)
         self._call(apply())
 
+    def reset(self) -> None:
+        """Knobs back to their defaults and the request log emptied (between tests)."""
+        async def apply() -> None:
+            self.knobs = Knobs()
+            self.requests.clear()
+        self._call(apply())
+
     def endpoint(self, endpoint_id: str | None = None) -> dict[str, Any]:
         """A copy of the endpoint's admin record (as GraphQL would read it)."""
         async def read() -> dict[str, Any]:
@@ -326,6 +334,9 @@ class RunPodEmulator:
             self.knobs.rate_limit_next -= 1
             headers = {"Retry-After": self.knobs.retry_after} if self.knobs.retry_after is not None else {}
             return web.json_response({"error": "Too Many Requests"}, status=429, headers=headers)
+        if is_job_api and self.knobs.server_error_next > 0:
+            self.knobs.server_error_next -= 1
+            return web.json_response({"error": "Service Unavailable"}, status=503)
         return await handler(request)
 
     async def _knobs(self, request: web.Request) -> web.Response:
