@@ -14,7 +14,7 @@ Values are literal workflow overrides, one ``NODE.INPUT=value`` per line (``3.st
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -139,8 +139,9 @@ def default_output(script_path: str, node_name: str) -> str:
     """
     if not script_path or script_path == "Root":
         return ""
-    folder = os.path.dirname(script_path).replace("\\", "/")
-    stem = os.path.splitext(os.path.basename(script_path))[0]
+    script = script_path.replace("\\", "/")  # Nuke paths use forward slashes on every OS
+    folder = posixpath.dirname(script)
+    stem = posixpath.splitext(posixpath.basename(script))[0]
     return f"{folder}/comfy/{node_name}/{stem}_{node_name}.####.png"
 
 

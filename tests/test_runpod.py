@@ -537,17 +537,22 @@ def test_budget_cap_stops_runpod_use_at_the_cap_with_no_frame_lost(emu, comfy, t
 
     pending = list(frames)
     threads: list[threading.Thread] = []
-    while pending:
-        frame = pending.pop(0)
-        if ep.has_free_slot():
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        # The dispatcher's rule: RunPod while it has a slot; blocked by budget -> local; busy -> wait.
+        if ep.blocked_reason is not None:
+            frame = pending.pop(0)
+            done[frame] = render_local(frame)
+        elif ep.has_free_slot():
+            frame = pending.pop(0)
+            in_flight = ep.in_flight
             t = threading.Thread(target=render_runpod, args=(frame,))
             t.start()
             threads.append(t)
-            deadline = time.monotonic() + 5
-            while ep.in_flight == 0 and frame not in done and time.monotonic() < deadline:
+            while ep.in_flight == in_flight and frame not in done and time.monotonic() < deadline:
                 time.sleep(0.005)
         else:
-            done[frame] = render_local(frame)
+            time.sleep(0.01)
     for t in threads:
         t.join(30)
 

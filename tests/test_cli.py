@@ -1,0 +1,137 @@
+"""The comfy-cluster command: exit codes, one-line errors, status --json, render, demo."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_cluster import cli
+from comfy_cluster.emulator.process import EmulatorThread
+
+INVERT = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "plate.png"}, "_meta": {"title": "Plate"}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "comp"}},
+}
+
+
+@pytest.fixture
+def servers(tmp_path):
+    emus = [EmulatorThread(name=f"gpu-0{i}", base_dir=tmp_path / f"gpu{i}").start() for i in (1, 2)]
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps([{"name": e.name, "ip": "127.0.0.1", "port": e.port} for e in emus]))
+    try:
+        yield path
+    finally:
+        for e in emus:
+            e.stop()
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    out = io.StringIO()
+    code = cli.main(argv, out=out)
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("comfy-cluster: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_usage_errors_are_one_line_exit_2(tmp_path, capsys):
+    code, _, err = _run(["render"], capsys)
+    assert code == 2 and "required" in _one_error_line(err)
+    code, _, err = _run(["--servers", str(tmp_path / "nope.json"), "status"], capsys)
+    assert code == 2
+    _one_error_line(err)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "gpu-01", "ip": "127.0.0.1", "port": 70000}]')
+    code, _, err = _run(["--servers", str(bad), "config", "check"], capsys)
+    assert code == 2 and "70000" in _one_error_line(err)
+
+
+def test_missing_workflow_and_bad_frames(servers, tmp_path, capsys):
+    code, _, err = _run(["--servers", str(servers), "render", str(tmp_path / "missing.json"), "--frames", "1-2",
+                         "--output", str(tmp_path / "o.####.png")], capsys)
+    assert code == 2 and "workflow file not found" in _one_error_line(err)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(INVERT))
+    code, _, err = _run(["--servers", str(servers), "render", str(wf), "--frames", "10-1",
+                         "--output", str(tmp_path / "o.####.png")], capsys)
+    assert code == 2 and "frame range" in _one_error_line(err)
+    code, _, err = _run(["--servers", str(servers), "render", str(wf), "--frames", "1-2",
+                         "--input", "Plates.image=x.####.png", "--output", str(tmp_path / "o.####.png")], capsys)
+    assert code == 2 and "Plates" in _one_error_line(err)
+
+
+def test_status_json_and_table(servers, capsys):
+    code, out, _ = _run(["--servers", str(servers), "status", "--json"], capsys)
+    assert code == 0
+    snap = json.loads(out)
+    assert [s["name"] for s in snap["servers"]] == ["gpu-01", "gpu-02"]
+    assert all(s["state"] == "online" for s in snap["servers"])
+    code, out, _ = _run(["--servers", str(servers), "status"], capsys)
+    assert code == 0 and out.splitlines()[0].startswith("SERVER") and "gpu-02" in out
+
+
+def test_config_check_tries_each_server(servers, tmp_path, capsys):
+    code, out, _ = _run(["--servers", str(servers), "config", "check"], capsys)
+    assert code == 0 and out.count("online") == 2
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps([{"name": "gone", "ip": "127.0.0.1", "port": 9}]))
+    code, out, _ = _run(["--servers", str(dead), "config", "check"], capsys)
+    assert code == 1 and "gone" in out
+
+
+def test_info_shows_one_server(servers, capsys):
+    code, out, _ = _run(["--servers", str(servers), "info", "gpu-02", "--json"], capsys)
+    assert code == 0
+    info = json.loads(out)
+    assert info["name"] == "gpu-02" and info["node_count"] > 5 and info["comfyui_version"]
+    code, _, err = _run(["--servers", str(servers), "info", "gpu-09"], capsys)
+    assert code == 2 and "gpu-09" in _one_error_line(err)
+
+
+def test_render_then_failures_exit_1(servers, tmp_path, capsys):
+    plates = tmp_path / "plates"
+    plates.mkdir()
+    for f in (1, 2, 3):
+        Image.fromarray(np.full((4, 4, 3), 10 * f, np.uint8)).save(plates / f"p.{f}.png")
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(INVERT))
+    argv = ["--servers", str(servers), "render", str(wf), "--frames", "1-3",
+            "--input", f"Plate.image={plates / 'p.#.png'}", "--output", str(tmp_path / "out" / "o.####.png")]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "3 frame(s) rendered, 0 already done, 0 failed" in out and "FRAMES" in out
+    with Image.open(tmp_path / "out" / "o.0002.png") as img:
+        assert np.asarray(img)[0, 0, 0] == 235
+    assert "3/3 done, 0 failed" in err  # the final progress line
+    # frame 4 has no plate: that frame fails, the exit code says so
+    code, out, err = _run(argv[:5] + ["1-4"] + argv[6:], capsys)
+    assert code == 1 and "frame 4" in out and "input file not found" in out
+
+
+def test_submit_prints_the_output_files(servers, tmp_path, capsys):
+    plate = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(plate)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(INVERT))
+    code, out, err = _run(["--servers", str(servers), "submit", str(wf), "--input", f"1.image={plate}",
+                           "--output", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    files = [Path(line) for line in out.splitlines()]
+    assert len(files) == 1 and files[0].parent == tmp_path / "o" and files[0].is_file()
+
+
+def test_demo_runs(tmp_path, capsys):
+    code, out, err = _run(["demo", "--frames", "6", "--output", str(tmp_path / "demo")], capsys)
+    assert code == 0, out + err
+    assert "speed-up" in out and "pixel check: all 6 cluster frames equal" in out
+    assert len(list((tmp_path / "demo" / "cluster").glob("demo.*.png"))) == 6
