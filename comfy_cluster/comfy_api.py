@@ -852,7 +852,8 @@ class PromptWatch:
                 self._done = True
             elif kind in ("execution_error", "execution_interrupted") and self._error is None:
                 self._error = _failure(kind, event.data, self._client.name, self.prompt_id)
-            self._cond.notify_all()
+            if self._done or self._error is not None:
+                self._cond.notify_all()        # only an outcome wakes the waiter: ~10 events per prompt
         if self._on_event is not None:
             try:
                 self._on_event(event)

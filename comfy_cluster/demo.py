@@ -11,6 +11,7 @@ stopped on every exit path, Ctrl-C included.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TextIO
@@ -69,7 +70,6 @@ def run_demo(frames: int = 24, output: Path = Path("demo-output"), out: TextIO |
     """Run the demo; returns the exit code (0 when every frame rendered and matched)."""
     from .emulator.process import EmulatorProcess
 
-    import sys
     out = out or sys.stdout
     if frames < 2:
         raise ValueError(f"the demo needs at least 2 frames, got {frames}")

@@ -473,14 +473,14 @@ class RunPodEndpoint:
 
     @property
     def blocked_reason(self) -> str | None:
-        """Why no more work goes to RunPod now, or None; logged once each time it changes."""
+        """Why no more work goes to RunPod now, or None; logged when it starts and stops applying."""
         reason = self._budget_reason()
-        if reason != self._last_reason:
-            self._last_reason = reason
+        if (reason is None) != (self._last_reason is None):
             if reason:
                 log.warning("RunPod endpoint '%s': %s; the remaining frames go local or wait", self.name, reason)
             else:
                 log.info("RunPod endpoint '%s': budget allows work again", self.name)
+        self._last_reason = reason
         return reason
 
     # ----------------------------------------------------------- status cache

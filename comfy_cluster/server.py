@@ -51,9 +51,10 @@ EWMA_ALPHA = 0.3
 DEFAULT_SECONDS_PER_JOB = 5.0
 #: Longest pause between probes of a server that does not answer.
 MAX_BACKOFF = 30.0
-#: ``/system_stats`` (VRAM, version) changes slowly: fetch it on every Nth probe only.
-#: ``/queue`` is fetched on every probe; it is the liveness and load signal.
-STATS_EVERY = 5
+#: ``/system_stats`` (VRAM, version) changes slowly: fetch it at most this often (seconds)
+#: while the server is ready. ``/queue`` is fetched on every probe; it is the liveness and
+#: load signal.
+STATS_EVERY_S = 30.0
 #: Timeouts of the status probe: a dead host costs at most the connect timeout, so it
 #: never holds up the refresh of the others for long.
 PROBE_TIMEOUTS = Timeouts(connect=1.0, read=5.0, transfer=5.0)
@@ -205,7 +206,7 @@ class ComfyUIServer:
         self.jobs_failed = 0
         self._last_ok: float | None = None
         self._failures = 0
-        self._probes = 0
+        self._stats_at: float | None = None
         self._lost = threading.Event()
         self._tracker: PromptTracker | None = None
         self._closed = False
@@ -351,9 +352,9 @@ class ComfyUIServer:
         with self._probe_lock:
             started = self._clock()
             with self._lock:
-                self._probes += 1
                 need_classes = self._classes_stale or self.node_classes is None
-                need_stats = need_classes or self._state not in _READY or self._probes % STATS_EVERY == 1
+                need_stats = (need_classes or self._state not in _READY or self._stats_at is None
+                              or started - self._stats_at >= STATS_EVERY_S)
             try:
                 queue = self._read_queue()
                 stats = self._probe.get_system_stats() if need_stats else None
@@ -383,6 +384,7 @@ class ComfyUIServer:
                 ids = {e.prompt_id for e in queue.running} | {e.prompt_id for e in queue.pending}
                 self._seen = {pid for pid in self._submitted if pid in ids}
             if stats is not None:
+                self._stats_at = started
                 self.devices = tuple(stats.devices)
                 self.comfyui_version = stats.comfyui_version
                 self._argv = tuple(stats.argv)

@@ -709,3 +709,20 @@ def test_process_start_fails_loudly_on_a_bad_class(tmp_path):
     with pytest.raises(RuntimeError, match="exited"):
         proc.start(timeout=15)
     assert "NoSuchNode" in (tmp_path / "emulator.log").read_text()
+
+
+def test_undeclared_inputs_are_dropped_and_add_noise_follows_its_seed(emulator):
+    """Like ComfyUI's get_input_data: a literal input the class does not declare is ignored."""
+
+    def noisy(seed: int, prefix: str) -> np.ndarray:
+        prompt = graph(color=0x808080, prefix=prefix)
+        prompt["2"] = {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": seed, "strength": 0.5,
+                                                                "not_an_input": "ignored"}}
+        entry = run(emulator.url, prompt)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        return view(emulator.url, entry["outputs"]["3"]["images"][0])
+
+    first, again, other = noisy(7, "noise/a"), noisy(7, "noise/b"), noisy(8, "noise/c")
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert 0 < first.std() < 128

@@ -81,6 +81,7 @@ def test_execute_in_main_thread_and_plugin_add_path_match_the_stubs():
 def test_threading_traps_are_modelled():
     import threading
 
+    nuke.fake_reset(gui=True)
     errors = []
     with pytest.raises(RuntimeError, match="hangs"):
         nuke.executeInMainThread(print, ("x",))

@@ -574,3 +574,130 @@ def test_status_text_shows_workers_spend_and_always_on(emu, tmp_path) -> None:
     assert f"RunPod endpoint {EID} (runpod): online" in text
     assert "always-on worker: warm (workersMin 1, workersMax 3, idleTimeout 5 s)" in text
     assert "of $3.00" in text
+
+
+# ------------------------------------------------------------------ with the real pool and dispatcher
+
+def plates(directory: Path, frames: range) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in frames:
+        plate(directory / f"sh010.{f}.png", value=f % 200)
+    return str(directory / "sh010.####.png")
+
+
+def test_pool_budget_cap_with_no_frame_lost(emu, tmp_path) -> None:
+    from comfy_cluster.config import ServerConfig
+    from comfy_cluster.pool import ComfyUIServerPool
+    from comfy_cluster.run import animation_submit
+
+    emu.set(seconds_per_job=0.3)
+    pattern = plates(tmp_path / "plates", range(1001, 1011))
+    ep = make_endpoint(emu, tmp_path, daily_budget=1.0, price_per_second=1.0, overflow_after_s=0.0,
+                       max_concurrent=2)
+    ep.default_job_seconds = 0.35
+    ep.update_status()
+    with EmulatorThread(name="gpu-01", seconds_per_job=0.3) as local:
+        pool = ComfyUIServerPool([ServerConfig(name="gpu-01", ip="127.0.0.1", port=local.port)], runpod=ep,
+                                 poll_interval=0.2)
+        pool.start()
+        try:
+            batch = animation_submit(invert_workflow(), pool=pool, frames="1001-1010",
+                                     output=str(tmp_path / "out" / "sh010_inv.####.png"),
+                                     inputs={"1.image": pattern})
+            result = batch.result(timeout=60)
+        finally:
+            pool.stop()
+    assert sorted(result.frames) == list(range(1001, 1011)) and not result.failed
+    assert all(p.exists() for paths in result.frames.values() for p in paths)
+    assert 1 <= result.by_server.get("runpod", 0) < 10 and result.by_server["gpu-01"] >= 1
+    spent = CostLedger(tmp_path / "state").spend_today()
+    assert spent <= 1.0
+    assert ep.blocked_reason is not None
+
+
+def test_the_api_key_never_leaks(emu, comfy, tmp_path, caplog) -> None:
+    """A full burst at DEBUG: every log line and every file written must be free of the key."""
+    from comfy_cluster.config import RunPodConfig as Cfg
+    from comfy_cluster.pool import ComfyUIServerPool
+    from comfy_cluster.run import animation_submit
+    from comfy_cluster.runpod_admin import RunPodAdmin
+
+    caplog.set_level(logging.DEBUG)
+    log_file = tmp_path / "debug.log"
+    handler = logging.FileHandler(log_file)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    errors: list[BaseException] = []
+    texts: list[str] = []
+    try:
+        emu.set(rate_limit_next=1, retry_after="0")
+        pattern = plates(tmp_path / "plates", range(1001, 1007))
+        ep = make_endpoint(emu, tmp_path, daily_budget=50.0)
+        ep.update_status()
+        pool = ComfyUIServerPool([], runpod=ep, poll_interval=0.2)       # studio off: offline burst
+        pool.start()
+        try:
+            batch = animation_submit(invert_workflow(), pool=pool, frames="1001-1006",
+                                     output=str(tmp_path / "out" / "sh010_inv.####.png"),
+                                     inputs={"1.image": pattern}, retries=3)
+            result = batch.result(timeout=60)
+            texts.append(json.dumps(pool.snapshot().to_dict()))
+        finally:
+            pool.stop()
+        assert sorted(result.frames) == list(range(1001, 1007)) and result.by_server == {"runpod": 6}
+
+        for trouble in ({"fail_next": 1}, {"timed_out_next": 1},
+                        {"output_format": "legacy", "completed_error_next": 1}):
+            emu.set(**trouble)
+            try:
+                run(ep, PromptRequest("p-err", empty_workflow(), timeout=30))
+            except Exception as err:   # collected to search their text
+                errors.append(err)
+        big = noise_png(tmp_path / "big.png", 1800, 1500)
+        try:
+            run(ep, PromptRequest("p-big", invert_workflow(), {("1", "image"): big}, timeout=30))
+        except TransferError as err:
+            errors.append(err)
+
+        cfg = Cfg(endpoint_id=EID, base_url=emu.base_url, admin_url=f"{emu.url}/v1",
+                  graphql_url=f"{emu.url}/graphql")
+        emu.set(admin_apis=("graphql",))
+        admin = RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": KEY}, state_dir=tmp_path / "state",
+                            rest_v2_url=f"{emu.url}/v2")
+        texts += [str(admin.warm().to_dict()), str(admin.cold()), repr(admin), repr(ep)]
+        texts.append(runpod_status_text(ep.get_status()))
+        texts.append(json.dumps(ep.get_status().to_dict()))
+        emu.set(admin_apis=())
+        try:
+            admin.status()
+        except ServerUnavailable as err:
+            errors.append(err)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+    assert len(errors) == 5
+    for err in errors:
+        chain: BaseException | None = err
+        while chain is not None:
+            texts += [str(chain), repr(chain)]
+            chain = chain.__cause__ or chain.__context__
+    assert any("RunPod job" in t for t in texts)
+    assert "DEBUG" in log_file.read_text() and "submitted as job" in caplog.text
+    assert KEY not in caplog.text
+    for record in caplog.records:
+        assert KEY not in record.getMessage()
+    for text in texts:
+        assert KEY not in text
+    searched = 0
+    roots = [tmp_path, *(w.base_dir for w in comfy)]
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                searched += 1
+                assert KEY.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+    assert searched >= 10
+    assert (tmp_path / "state" / "runpod-ledger.jsonl").exists()
+    assert any(p.name.endswith(".jsonl") for p in (tmp_path / "out").rglob("*")) or \
+        any("journal" in p.name for p in (tmp_path / "out").rglob("*"))

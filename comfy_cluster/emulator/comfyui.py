@@ -466,8 +466,10 @@ class Executor:
                 faults = server.faults
                 if faults.fail_node is not None and faults.fail_node in (node_id, class_type):
                     raise EmulatedNodeError(faults.fail_exception_type, faults.fail_message)
-                inputs = self._inputs(prompt, node_id, results)
                 node_def = server.nodes[class_type]
+                # Like ComfyUI's get_input_data: inputs the class does not declare are dropped.
+                declared = {**node_def.required, **node_def.optional}
+                inputs = {k: v for k, v in self._inputs(prompt, node_id, results).items() if k in declared}
                 ctx = NodeContext(server.dirs, node_id, prompt, extra_data.get("extra_pnginfo"), server.send_text)
                 result = node_def.function(ctx, **inputs)
                 ui = self._reported(result.ui)

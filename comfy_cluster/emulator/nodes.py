@@ -369,6 +369,16 @@ def image_crop(ctx: NodeContext, image: np.ndarray, width: int, height: int, x: 
     return NodeResult((image[:, y : y + height, x : x + width, :],))
 
 
+def image_add_noise(ctx: NodeContext, image: np.ndarray, seed: int, strength: float) -> NodeResult:
+    """ImageAddNoise: clip(image + strength * N(0, 1), 0, 1), seeded.
+
+    ComfyUI draws the noise with torch's generator, which numpy cannot reproduce, so the
+    pixels are close in distribution, not identical; the same seed gives the same image.
+    """
+    noise = np.random.default_rng(seed).standard_normal(image.shape, dtype=np.float32)
+    return NodeResult((np.clip(image + np.float32(strength) * noise, 0.0, 1.0).astype(np.float32),))
+
+
 def get_image_size(ctx: NodeContext, image: np.ndarray) -> NodeResult:
     batch, height, width = int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
     ctx.send_text(ctx.unique_id, f"width: {width}, height: {height}\n batch size: {batch}")
@@ -585,6 +595,18 @@ NODES: dict[str, NodeDef] = {
             outputs=("IMAGE",),
             category="image/transform",
             display_name="Image Crop",
+        ),
+        NodeDef(
+            "ImageAddNoise",
+            image_add_noise,
+            required={
+                "image": _IMAGE,
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "strength": _float(0.5, 0.0, 1.0, 0.01),
+            },
+            outputs=("IMAGE",),
+            display_name="Add Noise to Image",
+            python_module="comfy_extras.nodes_images",
         ),
         NodeDef(
             "GetImageSize",
