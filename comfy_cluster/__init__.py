@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+from . import run
+from .config import load_config
 from .errors import (
     BindingError,
     BudgetExceeded,
@@ -22,18 +24,25 @@ from .errors import (
     WorkflowError,
     WorkflowRejected,
 )
+from .jobs import JobState
+from .pool import ComfyUIServerPool
+from .run import Batch, Job, animation_submit, iteration_submit, submit
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "Batch",
     "BindingError",
     "BudgetExceeded",
     "Cancelled",
     "ComfyClusterError",
+    "ComfyUIServerPool",
     "ConfigError",
     "ExecutionFailed",
+    "Job",
+    "JobState",
     "JobTimeout",
     "MissingNodes",
     "ServerTimeout",
@@ -42,4 +51,9 @@ __all__ = [
     "WorkflowError",
     "WorkflowRejected",
     "__version__",
+    "animation_submit",
+    "iteration_submit",
+    "load_config",
+    "run",
+    "submit",
 ]
