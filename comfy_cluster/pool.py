@@ -41,8 +41,10 @@ from .transfer import UploadCache
 
 log = logging.getLogger(__name__)
 
-#: Probe threads for the whole pool; a probe of a live server takes milliseconds.
-DEFAULT_WORKERS = 8
+#: Probe threads for the whole pool. A probe of a live server costs under a millisecond,
+#: so two threads refresh hundreds of servers a second (a refused connection is instant,
+#: a silent host costs one connect timeout); more threads only fight over the GIL.
+DEFAULT_WORKERS = 2
 
 
 class Strategy(str, Enum):

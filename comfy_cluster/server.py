@@ -411,6 +411,7 @@ class ComfyUIServer:
         with self._lock:
             old = self.state
             was = self._state
+            before = (self.queue_running, self.queue_pending, self.last_error)
             self.last_status_check = self._wall_clock()
             self.last_error = None if error is None else str(error)
             if state is ServerState.OFFLINE and was is not ServerState.OFFLINE:
@@ -426,10 +427,12 @@ class ComfyUIServer:
                 self._classes_stale = True
             self._state = state
             new = self.state
+            moved = old is not new or before != (self.queue_running, self.queue_pending, self.last_error)
         if was is not state:
             log.info("server %r: %s -> %s%s", self.name, was.value, state.value,
                      f" ({error})" if error is not None else "")
-        self._notify(old, new)
+        if moved:
+            self._notify(old, new)
 
     def _notify(self, old: ServerState, new: ServerState) -> None:
         if self.listener is not None:
