@@ -55,7 +55,7 @@ def dependency_message(missing: list[str]) -> str:
             f"{PREFIX} install them for this Python, e.g.:\n"
             f'{PREFIX}   "{sys.executable}" -m pip install --target "<folder>" requests websocket-client '
             f'pydantic pillow numpy\n'
-            f"{PREFIX} then set {DEPS_ENV}=<folder> before starting Nuke (see docs/nuke.md).")
+            f"{PREFIX} then set {DEPS_ENV}=<folder> before starting Nuke (see the Nuke section of README.md).")
 
 
 def config_problem() -> str | None:
