@@ -87,7 +87,7 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
 
 def send_with_retry(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
                     json_body: Any = None, cancel: threading.Event | None = None, attempts: int = 5,
-                    retry_connection: bool = True) -> requests.Response:
+                    retry_connection: bool = True, server: str | None = None) -> requests.Response:
     """One RunPod call; 429 and 5xx are retried with exponential backoff honouring ``Retry-After``.
 
     Returns the last response (any status) for the caller to judge. A connection failure is
@@ -95,27 +95,29 @@ def send_with_retry(session: requests.Session, method: str, url: str, *, what: s
     as ``ServerUnavailable``/``ServerTimeout`` naming ``what``. ``cancel`` cuts a wait short.
     """
     waiter = cancel or threading.Event()
-    for attempt in range(attempts):
+    attempt = 0
+    while True:
+        attempt += 1
+        last = attempt >= attempts
         try:
             resp = session.request(method, url, json=json_body, timeout=(3.05, timeout))
         except requests.Timeout as err:
-            if not retry_connection or attempt == attempts - 1:
-                raise ServerTimeout(f"{what} timed out after {timeout:g} s") from err
-            delay = min(0.5 * 2 ** attempt, 8.0)
+            if not retry_connection or last:
+                raise ServerTimeout(f"{what} timed out after {timeout:g} s", server=server) from err
+            delay = min(0.5 * 2 ** (attempt - 1), 8.0)
         except requests.RequestException as err:
-            if not retry_connection or attempt == attempts - 1:
-                raise ServerUnavailable(f"{what} failed: {type(err).__name__}") from err
-            delay = min(0.5 * 2 ** attempt, 8.0)
+            if not retry_connection or last:
+                raise ServerUnavailable(f"{what} failed: {type(err).__name__}", server=server) from err
+            delay = min(0.5 * 2 ** (attempt - 1), 8.0)
         else:
-            if resp.status_code not in RETRY_STATUSES or attempt == attempts - 1:
+            if resp.status_code not in RETRY_STATUSES or last:
                 return resp
             hinted = retry_after_seconds(resp.headers.get("Retry-After"))
-            delay = min(hinted, _MAX_RETRY_AFTER) if hinted is not None else min(0.5 * 2 ** attempt, 8.0)
+            delay = min(hinted, _MAX_RETRY_AFTER) if hinted is not None else min(0.5 * 2 ** (attempt - 1), 8.0)
             log.info("%s: HTTP %s, retrying in %.1f s (attempt %d of %d)",
-                     what, resp.status_code, delay, attempt + 2, attempts)
+                     what, resp.status_code, delay, attempt + 1, attempts)
         if waiter.wait(delay):
-            raise Cancelled(f"{what}: cancelled while waiting to retry")
-    raise AssertionError("unreachable")  # the loop always returns or raises
+            raise Cancelled(f"{what}: cancelled while waiting to retry", server=server)
 
 
 def json_of(resp: requests.Response, what: str) -> Any:
@@ -489,7 +491,7 @@ class RunPodEndpoint:
         what = f"RunPod endpoint '{self.name}': GET /health"
         try:
             resp = send_with_retry(self.session, "GET", f"{self.base_url}/health", what=what, timeout=10.0,
-                                   attempts=2)
+                                   attempts=2, server=self.name)
             self._check_response(resp, what)
             workers, jobs = parse_health(json_of(resp, what))
         except (ServerUnavailable, Cancelled) as err:
@@ -559,7 +561,7 @@ class RunPodEndpoint:
               job_id: str | None = None, retry_connection: bool = True, timeout: float = 30.0) -> dict[str, Any]:
         what = f"RunPod endpoint '{self.name}': {method} {path}"
         resp = send_with_retry(self.session, method, self.base_url + path, what=what, timeout=timeout,
-                               json_body=body, cancel=cancel, retry_connection=retry_connection)
+                               json_body=body, cancel=cancel, retry_connection=retry_connection, server=self.name)
         self._check_response(resp, what, job_id=job_id)
         data = json_of(resp, what)
         if not isinstance(data, dict):
@@ -619,7 +621,11 @@ class RunPodEndpoint:
                 raise JobTimeout(f"RunPod endpoint '{self.name}': job {job_id} ({label}) did not finish in "
                                  f"{request.timeout:g} s; cancelled it", server=self.name,
                                  prompt_id=request.prompt_id)
-            status = self._call("GET", f"/status/{job_id}", cancel=cancel, job_id=job_id)
+            try:
+                status = self._call("GET", f"/status/{job_id}", cancel=cancel, job_id=job_id)
+            except Cancelled:
+                self._abandon(job_id, request, batch)
+                raise
             state = str(status.get("status", ""))
             if state in ("IN_PROGRESS", "RUNNING") and not started:
                 started = True

@@ -196,9 +196,9 @@ def test_auth_failure_names_the_variable_never_the_token(status: int) -> None:
     cfg = ServerConfig(name="gpu-03", ip="gpu03.studio.lan", port=8188, auth_token_env="GPU03_TOKEN")
     client = ComfyClient.from_config(cfg, environ={"GPU03_TOKEN": "s3cret-token-value"})
     with responses.RequestsMock() as mock:
-        mock.get("http://gpu03.studio.lan:8188/queue", status=status, body="denied")
+        mock.get("http://gpu03.studio.lan:8188/system_stats", status=status, body="denied")
         with pytest.raises(ServerUnavailable) as info:
-            client.get_queue()
+            client.get_system_stats()
         assert mock.calls[0].request.headers["Authorization"] == "Bearer s3cret-token-value"
     text = str(info.value)
     assert f"authentication failed (HTTP {status})" in text
@@ -567,3 +567,42 @@ def test_execution_error_reaches_the_waiter(emu, client, tracker) -> None:
     assert "node 2 (ImageInvert) raised torch.OutOfMemoryError: CUDA out of memory" in str(err)
     assert (err.node_id, err.node_type, err.server) == ("2", "ImageInvert", "gpu-01")
     assert err.server_specific                  # out of memory: another GPU may manage
+
+
+def test_queue_probe_keeps_one_connection_and_survives_a_restart(emulator_factory) -> None:
+    """The monitor's keep-alive GET reuses its socket, and reconnects once the server is back."""
+    proc = emulator_factory(name="gpu-07")
+    client = ComfyClient(proc.url, name="gpu-07", timeouts=FAST)
+    client.get_queue()
+    first = client._keepalive._sock.getsockname()
+    client.get_queue()
+    assert client._keepalive._sock.getsockname() == first
+    proc.kill()
+    with pytest.raises(ServerUnavailable, match="server 'gpu-07': GET /queue"):
+        client.get_queue()
+    proc.restart()
+    assert client.get_queue().pending == []
+
+
+def test_queue_probe_auth_failure_names_the_variable(canned) -> None:
+    server = canned(lambda conn: conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied"))
+    cfg = ServerConfig(name="gpu-03", ip="127.0.0.1", port=server.port, auth_token_env="GPU03_TOKEN")
+    client = ComfyClient.from_config(cfg, environ={"GPU03_TOKEN": "s3cret-token-value"}, timeouts=FAST)
+    with pytest.raises(ServerUnavailable, match=r"authentication failed \(HTTP 401\); check the token in \$GPU03_TOKEN"):
+        client.get_queue()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"11\r\n{\"queue_running\":\r\n19\r\n [], \"queue_pending\": []}\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"queue_running\": [], \"queue_pending\": []}",
+])
+def test_queue_probe_reads_chunked_and_close_delimited_answers(canned, answer: bytes) -> None:
+    """A proxy in front of ComfyUI may answer chunked or close-delimited; the probe reads both."""
+
+    def reply(conn: socket.socket) -> None:
+        conn.sendall(answer)
+        conn.close()
+
+    queue = ComfyClient(canned(reply).url, timeouts=FAST).get_queue()
+    assert queue.running == [] and queue.pending == []

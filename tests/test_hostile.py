@@ -278,7 +278,6 @@ BROKEN_HISTORY = {
     "huge-declared": huge_declared,
     "truncated": truncated,
     "malformed": malformed,
-    "html": not_json,
     "array": json_array,
 }
 #: The per-frame timeout of the broken-answer cases.

@@ -95,7 +95,8 @@ def test_two_processes_append_to_one_ledger(tmp_path: Path) -> None:
         assert p.exitcode == 0
     entries = CostLedger(tmp_path).entries()
     assert len(entries) == 200
-    assert (tmp_path / LEDGER_FILE).read_text().count("\n") == 200
+    lines = [line for line in (tmp_path / LEDGER_FILE).read_text().splitlines() if line.strip()]
+    assert len(lines) == 200 and all(json.loads(line)["batch"] == "x" * 2000 for line in lines)
 
 
 def test_state_dir_resolution() -> None:

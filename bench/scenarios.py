@@ -1,0 +1,345 @@
+"""The benchmark scenarios of issue 7, each returning ``Metric`` rows.
+
+Emulated servers always run in child processes (``EmulatorProcess``), so the client's CPU
+(``time.process_time()`` of this process) is the library's alone. Baselines are written
+here with plain ``ComfyClient`` / ``PromptTracker`` calls, not with the library's dispatcher.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import psutil
+
+from comfy_cluster import run
+from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.config import ServerConfig
+from comfy_cluster.emulator.process import EmulatorProcess
+from comfy_cluster.jobs import BatchEvent, journal_path, read_journal
+from comfy_cluster.pool import ComfyUIServerPool
+from comfy_cluster.server import ServerState
+
+#: One cheap frame: an 8x8 image, saved. The simulated GPU time is the emulator's seconds_per_job.
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x204060}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+}
+
+
+@dataclass
+class Metric:
+    """One row of RESULTS.md: the median of ``runs``, its goal and the baselines of the same run."""
+
+    scenario: str
+    metric: str
+    unit: str
+    runs: list[float]
+    goal: str = ""
+    ok: bool | None = None
+    baselines: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "metric": self.metric, "value": round(self.value, 4), "unit": self.unit,
+                "runs": [round(v, 4) for v in self.runs], "goal": self.goal, "ok": self.ok,
+                "baselines": {k: round(v, 4) for k, v in self.baselines.items()}, "note": self.note}
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def start_servers(speeds: Sequence[float], base: Path, prefix: str = "gpu") -> list[EmulatorProcess]:
+    procs = [EmulatorProcess(seconds_per_job=s, name=f"{prefix}-{i + 1:02d}", base_dir=base / f"{prefix}-{i + 1:02d}")
+             for i, s in enumerate(speeds)]
+    with ThreadPoolExecutor(len(procs)) as ex:
+        list(ex.map(lambda p: p.start(timeout=60), procs))
+    return procs
+
+
+def stop_servers(procs: Sequence[EmulatorProcess]) -> None:
+    for proc in procs:
+        proc.stop()
+
+
+def make_pool(procs: Sequence[EmulatorProcess], poll: float = 1.0, **kw: Any) -> ComfyUIServerPool:
+    """A started pool over ``procs``, returned once every server is online."""
+    configs = [ServerConfig(name=p.name, ip="127.0.0.1", port=port, **kw)
+               for p in procs for port in (p.ports or [p.port])]
+    pool = ComfyUIServerPool(configs, poll_interval=poll, environ={}).start()
+    deadline = time.monotonic() + 60
+    while not all(s.state in (ServerState.ONLINE, ServerState.BUSY) for s in pool.servers):
+        if time.monotonic() > deadline:
+            pool.close()
+            raise RuntimeError("bench: not every emulated server came online within 60 s")
+        pool.wait_for_change(0.5)
+    return pool
+
+
+def render(pool: ComfyUIServerPool, frames: int, out: Path, **kw: Any) -> tuple[float, float, run.BatchResult]:
+    """(wall seconds, client CPU seconds, result) of one animation_submit of ``frames`` frames."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    batch = run.animation_submit(WORKFLOW, pool=pool, frames=f"1-{frames}", output=out / "f.####.png", **kw)
+    result = batch.result(timeout=3600)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    if result.failed or len(result.frames) != frames:
+        raise RuntimeError(f"bench: batch did not render every frame: {len(result.frames)}/{frames}, "
+                           f"failed {sorted(result.failed)[:10]}")
+    return wall, cpu, result
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+class _Direct:
+    """One server driven with plain client calls: submit, follow over the websocket, download."""
+
+    def __init__(self, url: str, name: str, out: Path) -> None:
+        self.client = ComfyClient(url, name=name)
+        self.tracker = PromptTracker(self.client, uuid.uuid4().hex).start()
+        self.tracker.wait_connected(5)
+        self.out = out
+
+    def submit(self, frame: int) -> Any:
+        graph = {k: {**v, "inputs": dict(v["inputs"])} for k, v in WORKFLOW.items()}
+        graph["2"]["inputs"]["filename_prefix"] = f"base/{uuid.uuid4().hex[:8]}_{frame}"
+        pid = uuid.uuid4().hex
+        watch = self.tracker.watch(pid)
+        self.client.submit(graph, client_id=self.tracker.client_id, prompt_id=pid)
+        return frame, watch
+
+    def finish(self, frame: int, watch: Any) -> None:
+        entry = watch.wait(600)
+        for image in entry.images:
+            self.client.download(image, self.out / f"f.{frame:04d}.png")
+
+    def close(self) -> None:
+        self.tracker.stop()
+        self.client.close()
+
+
+def _baseline(procs: Sequence[EmulatorProcess], frames: int, out: Path, assign: Callable[[int, list[_Direct]], _Direct],
+              sequential: bool = False) -> float:
+    directs = [_Direct(p.url, p.name, out) for p in procs]
+    try:
+        started = time.perf_counter()
+        if sequential:
+            for frame in range(1, frames + 1):
+                directs[0].finish(*directs[0].submit(frame))
+        else:
+            placed = [(d, d.submit(f)) for f in range(1, frames + 1) for d in (assign(f, directs),)]
+            by_server: dict[int, list] = {}
+            for d, sub in placed:
+                by_server.setdefault(id(d), []).append((d, sub))
+            with ThreadPoolExecutor(len(directs)) as ex:   # each server's frames finish in its own order
+                list(ex.map(lambda items: [d.finish(*sub) for d, sub in items], by_server.values()))
+        return time.perf_counter() - started
+    finally:
+        for d in directs:
+            d.close()
+
+
+def _round_robin(frame: int, directs: list[_Direct]) -> _Direct:
+    return directs[frame % len(directs)]
+
+
+def _shortest_queue(frame: int, directs: list[_Direct]) -> _Direct:
+    return min(directs, key=lambda d: d.client.queue_remaining())
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def emulator_job_overhead(base: Path, jobs: int = 40) -> float:
+    """Seconds one zero-work job costs end to end through the emulator (submit, run, download)."""
+    procs = start_servers([0.0], base, prefix="overhead")
+    out = base / "overhead-out"
+    out.mkdir()
+    try:
+        seconds = _baseline(procs, jobs, out, _round_robin, sequential=True)
+    finally:
+        stop_servers(procs)
+    return seconds / jobs
+
+
+def throughput(base: Path, runs: int, frames: int = 240, speeds: Sequence[float] = (0.1, 0.2, 0.2, 0.4)) -> list[Metric]:
+    """Scenario 1: efficiency = ideal makespan / measured makespan on servers of different speeds."""
+    ideal = frames / sum(1.0 / s for s in speeds)
+    overhead = emulator_job_overhead(base)
+    procs = start_servers(speeds, base, prefix="tp")
+    try:
+        measured = []
+        shares: list[dict[str, int]] = []
+        for i in range(runs):
+            pool = make_pool(procs, poll=1.0)
+            try:
+                wall, _, result = render(pool, frames, base / f"tp-{i}")
+            finally:
+                pool.close()
+            measured.append(wall)
+            shares.append(result.by_server)
+        seq = _baseline(procs, frames, _fresh(base, "seq"), _round_robin, sequential=True)
+        rr = _baseline(procs, frames, _fresh(base, "rr"), _round_robin)
+        sq = _baseline(procs, frames, _fresh(base, "sq"), _shortest_queue)
+    finally:
+        stop_servers(procs)
+    # the emulator's own fixed cost per job bounds what any client can reach
+    with_overhead = frames / sum(1.0 / (s + overhead) for s in speeds)
+    note = (f"{frames} frames, seconds per frame {list(speeds)}; ideal makespan {ideal:.2f} s; emulator fixed cost "
+            f"{overhead * 1e3:.1f} ms/job (ideal with it: {with_overhead:.2f} s, efficiency ceiling "
+            f"{ideal / with_overhead:.3f}); frames per server, last run: {shares[-1]}")
+    eff = [ideal / m for m in measured]
+    return [
+        Metric("1 throughput", "efficiency (ideal / measured makespan)", "ratio", eff, ">= 0.95",
+               statistics.median(eff) >= 0.95,
+               {"one server, in sequence": ideal / seq, "round-robin": ideal / rr,
+                "shortest queue at submit": ideal / sq}, note),
+        Metric("1 throughput", "makespan", "s", measured, f"ideal {ideal:.2f} s", None,
+               {"one server, in sequence": seq, "round-robin": rr, "shortest queue at submit": sq}),
+    ]
+
+
+def _fresh(base: Path, name: str) -> Path:
+    folder = base / f"{name}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    return folder
+
+
+def dispatch_overhead(base: Path, runs: int, frames: int = 2000, servers: int = 4) -> list[Metric]:
+    """Scenario 2: zero-work frames, frames per second end to end and client CPU per frame."""
+    procs = start_servers([0.0] * servers, base, prefix="zero")
+    fps, cpu_ms = [], []
+    try:
+        for i in range(runs):
+            pool = make_pool(procs, poll=1.0)
+            try:
+                wall, cpu, _ = render(pool, frames, base / f"zero-{i}")
+            finally:
+                pool.close()
+            fps.append(frames / wall)
+            cpu_ms.append(cpu * 1e3 / frames)
+    finally:
+        stop_servers(procs)
+    note = f"{frames} frames over {servers} zero-work servers (separate processes), max_queue 2"
+    return [Metric("2 dispatch overhead", "frames per second", "frames/s", fps, ">= 200", statistics.median(fps) >= 200,
+                   note=note),
+            Metric("2 dispatch overhead", "client CPU per frame", "ms", cpu_ms, "<= 2", statistics.median(cpu_ms) <= 2,
+                   note=note)]
+
+
+def monitoring(runs: int, count: int = 100, window: float = 20.0) -> list[Metric]:
+    """Scenario 3: the pool's monitor over ``count`` servers at a 1 s poll (bench/bench_pool.py)."""
+    from bench import bench_pool
+
+    shares = [bench_pool.run(count, 1.0, window, 1000)["monitor_cpu_share_of_one_core"] * 100 for _ in range(runs)]
+    return [Metric("3 monitoring", f"client CPU, {count} servers at a 1 s poll for {window:g} s", "% of one core",
+                   shares, "< 5", statistics.median(shares) < 5,
+                   note="measured by bench/bench_pool.py (the pool helper's module)")]
+
+
+def memory(base: Path, frames: int = 10_000, servers: int = 4) -> list[Metric]:
+    """Scenario 4: peak RSS growth of the client over a big zero-work batch."""
+    procs = start_servers([0.0] * servers, base, prefix="mem")
+    me = psutil.Process()
+    try:
+        pool = make_pool(procs, poll=1.0)
+        try:
+            baseline = me.memory_info().rss
+            peak = [baseline]
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.wait(0.05):
+                    peak[0] = max(peak[0], me.memory_info().rss)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                wall, _, _ = render(pool, frames, base / "mem-out")
+            finally:
+                stop.set()
+                sampler.join()
+            peak[0] = max(peak[0], me.memory_info().rss)
+        finally:
+            pool.close()
+    finally:
+        stop_servers(procs)
+    growth = (peak[0] - baseline) / 2**20
+    return [Metric("4 memory", f"peak RSS growth, {frames} frames", "MB", [growth], "< 100", growth < 100,
+                   note=f"sampled every 50 ms with psutil; batch took {wall:.1f} s")]
+
+
+def failover(base: Path, runs: int, frames: int = 120, speeds: Sequence[float] = (0.1, 0.1, 0.1, 0.1),
+             poll: float = 1.0) -> list[Metric]:
+    """Scenario 5: one of 4 servers SIGKILLed at 50 %: time until its frames run elsewhere,
+    frames lost, frames duplicated."""
+    recovery, lost, duplicated = [], [], []
+    for i in range(runs):
+        procs = start_servers(speeds, base, prefix=f"fo{i}")
+        victim = procs[1]
+        try:
+            pool = make_pool(procs, poll=poll)
+            events: list[BatchEvent] = []
+            lock = threading.Lock()
+            killed_at: list[float] = []
+            completed = [0]
+
+            def on_event(event: BatchEvent) -> None:
+                with lock:
+                    events.append(event)
+                    if event.kind == "completed":
+                        completed[0] += 1
+                        if completed[0] == frames // 2 and not killed_at:
+                            victim.kill()
+                            killed_at.append(time.time())
+
+            out = base / f"fo-out-{i}"
+            try:
+                _, _, result = render(pool, frames, out, on_event=on_event, retries=3)
+            finally:
+                pool.close()
+        finally:
+            stop_servers(procs)
+        kill = killed_at[0]
+        # frames that were on the victim when it died: their next "submitted" elsewhere
+        on_victim: dict[int, float] = {}
+        moved: dict[int, float] = {}
+        for ev in events:
+            if ev.kind == "submitted" and ev.data.get("server") == victim.name and ev.time <= kill:
+                on_victim[ev.frame] = ev.time
+            if ev.kind in ("completed", "failed") and ev.frame in on_victim and ev.time <= kill:
+                on_victim.pop(ev.frame, None)
+            if ev.kind == "submitted" and ev.time > kill and ev.frame in on_victim and ev.frame not in moved:
+                moved[ev.frame] = ev.time
+        if on_victim and set(moved) != set(on_victim):
+            raise RuntimeError(f"bench: frames {sorted(set(on_victim) - set(moved))} never moved off the killed server")
+        recovery.append(max(moved.values()) - kill if moved else 0.0)
+        files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        done = [r for r in read_journal(journal_path(out / "f.####.png")).records if r["type"] == "done"]
+        lost.append(float(frames - len(set(files))))
+        extra_done = len(done) - len({int(r["frame"]) for r in done})
+        extra_completed = sum(1 for e in events if e.kind == "completed") - frames
+        duplicated.append(float(max(extra_done, extra_completed)))
+    job = max(speeds)
+    goal = 2 * poll + job
+    note = (f"{frames} frames over 4 servers ({list(speeds)} s/frame), poll {poll:g} s, victim SIGKILLed when "
+            f"{frames // 2} frames were done; goal = 2 x poll + one job = {goal:.1f} s")
+    return [Metric("5 failover", "seconds from kill to its frames running elsewhere", "s", recovery,
+                   f"<= {goal:.1f}", statistics.median(recovery) <= goal, note=note),
+            Metric("5 failover", "frames lost", "frames", lost, "0", max(lost) == 0),
+            Metric("5 failover", "frames duplicated", "frames", duplicated, "0", max(duplicated) == 0)]
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="comfy-bench-")
