@@ -27,6 +27,7 @@ class PromptRequest:
     inputs: dict[tuple[str, str], Path] = field(default_factory=dict)
     timeout: float = 600.0
     label: str = ""
+    batch_id: str = ""      # groups cost and logs per batch (the RunPod ledger's spend per batch)
 
 
 @dataclass

@@ -189,11 +189,16 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
+def _cluster_config(args: argparse.Namespace) -> Any:
     from .config import load_config, load_config_file
+
+    return load_config_file(args.servers, environ=os.environ) if args.servers else load_config(os.environ)
+
+
+def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
     from .server import ComfyUIServer
 
-    cfg = load_config_file(args.servers) if args.servers else load_config(os.environ)
+    cfg = _cluster_config(args)
     out.write(f"configuration from {cfg.source}: {len(cfg.servers)} server(s)\n")
     failures = 0
     rows = []
@@ -217,6 +222,52 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
     if cfg.runpod is not None:
         out.write(f"runpod endpoint {cfg.runpod.endpoint_id}: configured\n")
     return EXIT_FAILED if failures else EXIT_OK
+
+
+# --------------------------------------------------------------------------- runpod
+
+
+def _runpod_config(args: argparse.Namespace) -> Any:
+    cfg = _cluster_config(args).runpod
+    if cfg is None:
+        raise ConfigError("no RunPod endpoint is configured: set RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY "
+                          "(and optionally NUKE_COMFYUI_RUNPOD)")
+    return cfg
+
+
+def cmd_runpod_status(args: argparse.Namespace, out: TextIO) -> int:
+    from .runpod import RunPodEndpoint, runpod_status_text
+    from .runpod_admin import RunPodAdmin
+
+    cfg = _runpod_config(args)
+    endpoint = RunPodEndpoint(cfg, environ=os.environ)
+    status = endpoint.update_status()
+    settings = RunPodAdmin(cfg, environ=os.environ).status()
+    endpoint.set_endpoint_settings(settings)
+    if args.json:
+        out.write(json.dumps({"status": endpoint.get_status().to_dict(), "settings": settings.to_dict()},
+                             indent=2, default=str) + "\n")
+    else:
+        out.write(runpod_status_text(status, settings) + "\n")
+    return EXIT_OK
+
+
+def cmd_runpod_toggle(args: argparse.Namespace, out: TextIO) -> int:
+    from .runpod_admin import RunPodAdmin
+
+    admin = RunPodAdmin(_runpod_config(args), environ=os.environ)
+    result = admin.warm() if args.action == "warm" else admin.cold()
+    out.write(f"{result.message}\n")
+    return EXIT_OK
+
+
+def cmd_runpod_cost(args: argparse.Namespace, out: TextIO) -> int:
+    from .ledger import CostLedger, cost_report
+
+    runpod = _cluster_config(args).runpod
+    report = cost_report(CostLedger(environ=os.environ), daily_budget=runpod.daily_budget if runpod else None)
+    out.write((json.dumps(report.to_dict(), indent=2, default=str) if args.json else str(report)) + "\n")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- work
@@ -469,9 +520,24 @@ def _register_emulators(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _register_runpod(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runpod", help="the RunPod serverless endpoint: status, always-on worker, cost")
+    group = p.add_subparsers(dest="runpod_command", metavar="ACTION", required=True, parser_class=_Parser)
+    status = group.add_parser("status", help="workers, queue, spend today, always-on setting")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_runpod_status)
+    for action, text in (("warm", "keep one worker always on (workersMin 1): no cold starts, billed while idle"),
+                         ("cold", "let the endpoint scale to zero (workersMin 0)")):
+        toggle = group.add_parser(action, help=text)
+        toggle.set_defaults(func=cmd_runpod_toggle, action=action)
+    cost = group.add_parser("cost", help="spend today, per batch and per job, from the local cost ledger")
+    cost.add_argument("--json", action="store_true", help="machine-readable output")
+    cost.set_defaults(func=cmd_runpod_cost)
+
+
 #: One function per command group; each adds its subcommands. Add a group here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _register_status, _register_work, _register_config, _register_emulators,
+    _register_status, _register_work, _register_config, _register_runpod, _register_emulators,
 ]
 
 

@@ -338,6 +338,7 @@ class RunPodConfig(BaseModel):
     endpoint_id: StrictStr
     base_url: StrictStr = "https://api.runpod.ai/v2/{endpoint_id}"
     admin_url: StrictStr = "https://rest.runpod.io/v1"
+    admin_v2_url: StrictStr = "https://api.runpod.io/v2"
     graphql_url: StrictStr = "https://api.runpod.io/graphql"
     api_key_env: StrictStr = "RUNPOD_API_KEY"
     enabled: StrictBool = True
@@ -347,6 +348,7 @@ class RunPodConfig(BaseModel):
     overflow_after_s: StrictFloat = 120.0
     status_poll_min: StrictFloat = 0.25
     status_poll_max: StrictFloat = 5.0
+    lossy_inputs: StrictBool = False       # allow JPEG inputs when a PNG payload passes the 10 MB /run limit
 
     @field_validator("endpoint_id")
     @classmethod
@@ -355,7 +357,7 @@ class RunPodConfig(BaseModel):
             raise ValueError(f"must be letters, digits, '_' or '-', got {_show(value)}")
         return value
 
-    @field_validator("base_url", "admin_url", "graphql_url")
+    @field_validator("base_url", "admin_url", "admin_v2_url", "graphql_url")
     @classmethod
     def _url(cls, value: str) -> str:
         return _check_url(value)

@@ -143,8 +143,8 @@ class TransferError(ComfyClusterError):
     """An input could not be staged or an output could not be written (path, disk, name)."""
 
 
-class BudgetExceeded(ComfyClusterError):
-    """The next RunPod job would pass the daily budget; the work stays local or waits."""
+class BudgetExceeded(ServerUnavailable):
+    """The next RunPod job would pass the daily budget. Nothing was sent: the work runs locally or waits."""
 
 
 __all__ = [

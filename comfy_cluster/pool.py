@@ -235,7 +235,12 @@ class ComfyUIServerPool:
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig, **kw: Any) -> ComfyUIServerPool:
+        """The pool of a configuration, with its RunPod endpoint when one is configured and enabled."""
         kw.setdefault("poll_interval", cfg.poll_interval)
+        if "runpod" not in kw and cfg.runpod is not None and cfg.runpod.enabled:
+            from .runpod import RunPodEndpoint  # the RunPod tier is optional: only built when configured
+
+            kw["runpod"] = RunPodEndpoint(cfg.runpod, environ=kw.get("environ", os.environ))
         return cls(cfg.servers, **kw)
 
     @classmethod
@@ -557,6 +562,8 @@ class ComfyUIServerPool:
                     self._schedule(name, now)
             self._monitor = threading.Thread(target=self._monitor_loop, name="comfy-cluster-monitor", daemon=True)
             self._monitor.start()
+        if self.runpod is not None:
+            self.runpod.start()
         return self
 
     def stop(self) -> None:
@@ -570,6 +577,8 @@ class ComfyUIServerPool:
             monitor.join(timeout=10)
         if executor is not None:
             executor.shutdown(wait=True)
+        if self.runpod is not None:
+            self.runpod.stop()
         self._events.stop()
 
     def close(self) -> None:

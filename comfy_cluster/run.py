@@ -458,7 +458,7 @@ class Batch:
         inputs = {key: Path(src.format(frame)) if isinstance(src, FramePattern) else src
                   for key, src in plan.inputs.items()}
         return PromptRequest(prompt_id=prompt_id, workflow=wf.to_dict(), inputs=inputs,
-                             timeout=self._timeout_for(backend), label=self._label(task))
+                             timeout=self._timeout_for(backend), label=self._label(task), batch_id=self.batch_id)
 
     def _label(self, task: FrameTask) -> str:
         noun = self._plan.noun

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import requests
 
 from .backend import EventCallback, OutputRef, PromptRequest, PromptResult
+from .config import RunPodConfig
 from .errors import (
     BudgetExceeded,
     Cancelled,
@@ -48,6 +49,7 @@ from .errors import (
     WorkflowRejected,
 )
 from .ledger import CostLedger
+from .server import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,6 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ENDPOINT_ID_ENV = "RUNPOD_ENDPOINT_ID"
 _MAX_RETRY_AFTER = 60.0
-
-
-class BudgetReached(BudgetExceeded, ServerUnavailable):
-    """The daily budget stops this job before anything is sent: safe to run it elsewhere.
-
-    A ``BudgetExceeded`` that is also a ``ServerUnavailable``, so the dispatcher moves the
-    frame to a local server (or lets it wait) instead of failing it.
-    """
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -329,24 +323,24 @@ class RunPodEndpoint:
 
     kind = "runpod"
 
-    def __init__(self, config: Any, *, environ: Mapping[str, str] = os.environ, ledger: CostLedger | None = None,
-                 session: requests.Session | None = None, name: str = "runpod", priority: int = 100,
-                 poll_interval: float = 10.0, default_job_seconds: float = 60.0, lossy_inputs: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic, payload_limit: int = RUN_PAYLOAD_LIMIT) -> None:
+    def __init__(self, config: RunPodConfig, *, environ: Mapping[str, str] = os.environ,
+                 ledger: CostLedger | None = None, session: requests.Session | None = None, name: str = "runpod",
+                 priority: int = 100, poll_interval: float = 10.0, default_job_seconds: float = 60.0,
+                 lossy_inputs: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 payload_limit: int = RUN_PAYLOAD_LIMIT) -> None:
         self.config = config
         self.name = name
-        self.endpoint_id = str(config.endpoint_id)
-        self.key_env = str(getattr(config, "api_key_env", "RUNPOD_API_KEY"))
+        self.endpoint_id = config.endpoint_id
+        self.key_env = config.api_key_env
         key = config.api_key(environ)
-        template = str(getattr(config, "base_url", "https://api.runpod.ai/v2/{endpoint_id}"))
-        self.base_url = template.replace("{endpoint_id}", self.endpoint_id).rstrip("/")
+        self.base_url = config.base_url.replace("{endpoint_id}", self.endpoint_id).rstrip("/")
         self.session = session or requests.Session()
         self.session.headers["Authorization"] = f"Bearer {key}"
         self.ledger = ledger if ledger is not None else CostLedger(environ=environ)
         self._priority = priority
         self.poll_interval = poll_interval
         self.default_job_seconds = default_job_seconds
-        self.lossy_inputs = bool(getattr(config, "lossy_inputs", False)) if lossy_inputs is None else lossy_inputs
+        self.lossy_inputs = config.lossy_inputs if lossy_inputs is None else lossy_inputs
         self.payload_limit = payload_limit
         self._clock = clock
         self._lock = threading.Lock()
@@ -370,7 +364,7 @@ class RunPodEndpoint:
     # ----------------------------------------------------------- the backend surface
     @property
     def enabled(self) -> bool:
-        return bool(getattr(self.config, "enabled", True))
+        return self.config.enabled
 
     @property
     def priority(self) -> int:
@@ -378,7 +372,7 @@ class RunPodEndpoint:
 
     @property
     def max_concurrent(self) -> int:
-        return int(getattr(self.config, "max_concurrent", 4))
+        return self.config.max_concurrent
 
     @property
     def max_queue(self) -> int:
@@ -386,16 +380,15 @@ class RunPodEndpoint:
 
     @property
     def overflow_after_s(self) -> float:
-        return float(getattr(self.config, "overflow_after_s", 120.0))
+        return self.config.overflow_after_s
 
     @property
     def price_per_second(self) -> float:
-        return float(getattr(self.config, "price_per_second", 0.00044))
+        return self.config.price_per_second
 
     @property
     def daily_budget(self) -> float | None:
-        value = getattr(self.config, "daily_budget", None)
-        return None if value is None else float(value)
+        return self.config.daily_budget
 
     @property
     def in_flight(self) -> int:
@@ -407,20 +400,21 @@ class RunPodEndpoint:
         return self._wall_ewma
 
     @property
-    def state(self) -> str:
+    def state(self) -> ServerState:
+        """From the last ``/health``: offline until one answers; booting while workers only initialize."""
         if not self.enabled:
-            return "disabled"
+            return ServerState.DISABLED
         if not self._healthy:
-            return "offline"
+            return ServerState.OFFLINE
         w = self._workers
         if w["initializing"] and not (w["ready"] or w["idle"] or w["running"]):
-            return "booting"
+            return ServerState.BOOTING
         if self._in_flight >= self.max_concurrent:
-            return "busy"
-        return "online"
+            return ServerState.BUSY
+        return ServerState.ONLINE
 
     def is_available(self, classes: frozenset[str] | None = None) -> bool:
-        return self.state in ("online", "booting") and self.has_free_slot()
+        return self.state in (ServerState.ONLINE, ServerState.BOOTING) and self.has_free_slot()
 
     def missing_classes(self, classes: frozenset[str]) -> frozenset[str]:
         """RunPod does not list a worker's node classes; a missing one shows up as a failed job."""
@@ -514,7 +508,7 @@ class RunPodEndpoint:
             return self.update_status()
         s = self._settings
         return RunPodStatus(
-            name=self.name, kind=self.kind, state=self.state, endpoint_id=self.endpoint_id,
+            name=self.name, kind=self.kind, state=self.state.value, endpoint_id=self.endpoint_id,
             workers=dict(self._workers), jobs=dict(self._jobs), in_flight=self._in_flight,
             max_concurrent=self.max_concurrent, spend_today=self.spend_today(), daily_budget=self.daily_budget,
             seconds_per_job=self._wall_ewma,
@@ -572,9 +566,9 @@ class RunPodEndpoint:
     def run_prompt(self, request: PromptRequest, *, on_event: EventCallback, cancel: threading.Event,
                    batch_id: str | None = None) -> PromptResult:
         """Run ``request`` on the endpoint. The ledger's batch is ``batch_id``, else
-        ``request.batch_id`` if the request has one, else ``request.label``.
+        ``request.batch_id``, else ``request.label``.
 
-        Raises ``BudgetReached`` (a ``BudgetExceeded``; nothing sent, safe to run elsewhere)
+        Raises ``BudgetExceeded`` (nothing sent, safe to run elsewhere)
         when this job would pass the daily budget.
         """
         if not self.enabled:
@@ -584,10 +578,10 @@ class RunPodEndpoint:
         with self._lock:
             reason = self.blocked_reason
             if reason:
-                raise BudgetReached(f"RunPod endpoint '{self.name}': {reason}", server=self.name,
+                raise BudgetExceeded(f"RunPod endpoint '{self.name}': {reason}", server=self.name,
                                     prompt_id=request.prompt_id)
             self._in_flight += 1
-        batch = batch_id if batch_id is not None else str(getattr(request, "batch_id", "") or request.label)
+        batch = batch_id if batch_id is not None else (request.batch_id or request.label)
         try:
             return self._run(request, payload, on_event=on_event, cancel=cancel, batch=batch)
         finally:
@@ -608,8 +602,7 @@ class RunPodEndpoint:
         log.info("RunPod endpoint '%s': %s submitted as job %s (%.1f MB)", self.name, label, job_id,
                  payload.size / 1e6)
         on_event("submitted", {"backend": self.name, "prompt_id": request.prompt_id, "job_id": job_id})
-        interval = float(getattr(self.config, "status_poll_min", 0.25))
-        poll_max = float(getattr(self.config, "status_poll_max", 5.0))
+        interval, poll_max = self.config.status_poll_min, self.config.status_poll_max
         started = False
         while True:
             if cancel.wait(max(0.0, min(interval, deadline - self._clock()))):
@@ -800,5 +793,5 @@ def runpod_status_text(status: RunPodStatus, settings: Any = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BudgetReached", "RunPodEndpoint", "RunPodStatus", "Payload", "build_payload", "parse_health", "runpod_status_text",
+__all__ = ["RunPodEndpoint", "RunPodStatus", "Payload", "build_payload", "parse_health", "runpod_status_text",
            "RUN_PAYLOAD_LIMIT", "send_with_retry", "retry_after_seconds"]

@@ -30,13 +30,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import requests
 
+from .config import RunPodConfig
 from .errors import ConfigError, ProtocolError, ServerUnavailable
 from .ledger import state_dir as default_state_dir
 from .runpod import ENDPOINT_ID_ENV, auth_failure, json_of, send_with_retry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REST_V2 = "https://api.runpod.io/v2"
 APIS = ("rest-v2", "rest-v1", "graphql")
 _FALLBACK_STATUSES = frozenset({404, 405, 410, 422, 501})
 
@@ -99,16 +99,16 @@ class ToggleResult:
 class RunPodAdmin:
     """Reads and sets ``workersMin`` of one endpoint (the panel's always-on switch)."""
 
-    def __init__(self, config: Any, *, environ: Mapping[str, str] = os.environ,
+    def __init__(self, config: RunPodConfig, *, environ: Mapping[str, str] = os.environ,
                  session: requests.Session | None = None, state_dir: Path | str | None = None,
-                 rest_v2_url: str = DEFAULT_REST_V2, timeout: float = 30.0, lock_timeout: float = 120.0) -> None:
-        self.endpoint_id = str(config.endpoint_id)
-        self.key_env = str(config.api_key_env)
+                 timeout: float = 30.0, lock_timeout: float = 120.0) -> None:
+        self.endpoint_id = config.endpoint_id
+        self.key_env = config.api_key_env
         key = config.api_key(environ)
         self.session = session or requests.Session()
         self.session.headers["Authorization"] = f"Bearer {key}"
-        self.urls = {"rest-v2": rest_v2_url.rstrip("/"), "rest-v1": str(config.admin_url).rstrip("/"),
-                     "graphql": str(config.graphql_url)}
+        self.urls = {"rest-v2": config.admin_v2_url.rstrip("/"), "rest-v1": config.admin_url.rstrip("/"),
+                     "graphql": config.graphql_url}
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir(environ)
         self.timeout = timeout
         self.lock_timeout = lock_timeout

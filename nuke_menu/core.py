@@ -50,14 +50,11 @@ def _pool_from_env(environ: Mapping[str, str]) -> Any:
     from comfy_cluster.pool import ComfyUIServerPool
 
     cfg = load_config(environ)
-    runpod = None
     if cfg.runpod is not None and cfg.runpod.enabled:
-        from comfy_cluster.runpod import RunPodEndpoint
         from comfy_cluster.runpod_admin import RunPodAdmin
 
-        runpod = RunPodEndpoint(cfg.runpod, environ=environ).start()
         _admin = RunPodAdmin(cfg.runpod, environ=environ)
-    return ComfyUIServerPool.from_env(environ, runpod=runpod)
+    return ComfyUIServerPool.from_config(cfg, environ=environ, reload=lambda: load_config(environ))
 
 
 def set_shared_pool(pool: Any, admin: Any = None) -> None:

@@ -46,10 +46,9 @@ def runpod(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", KEY)
     emu = RunPodEmulator(endpoint_id=EID, api_key=KEY, workers=1).start()
     cfg = RunPodConfig(endpoint_id=EID, base_url=emu.base_url, admin_url=f"{emu.url}/v1",
-                       graphql_url=f"{emu.url}/graphql", daily_budget=5.0)
+                       admin_v2_url=f"{emu.url}/v2", graphql_url=f"{emu.url}/graphql", daily_budget=5.0)
     endpoint = RunPodEndpoint(cfg, environ={"RUNPOD_API_KEY": KEY}, poll_interval=0.3).start()
-    admin = RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": KEY}, rest_v2_url=f"{emu.url}/v2",
-                        state_dir=tmp_path / "state", timeout=5.0)
+    admin = RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": KEY}, state_dir=tmp_path / "state", timeout=5.0)
     try:
         yield emu, endpoint, admin
     finally:

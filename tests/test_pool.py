@@ -318,6 +318,14 @@ class FakeRunPod:
     def __init__(self) -> None:
         self.asked: list[tuple[int, float | None]] = []
         self.results: list[tuple[float | None, bool]] = []
+        self.running = False
+
+    def start(self) -> FakeRunPod:      # the pool starts and stops the endpoint's monitor with its own
+        self.running = True
+        return self
+
+    def stop(self) -> None:
+        self.running = False
 
     def missing_classes(self, classes: Any) -> frozenset[str]:
         return frozenset()
@@ -344,6 +352,7 @@ def test_runpod_overflow(configs) -> None:
     assert runpod.asked[-1] == (0, None)
     burst.release(ok=False)
     with pool:
+        assert runpod.running
         assert wait_for(lambda: online(pool, "gpu-03"))
         server = pool.get_server_by_name("gpu-03")
         server.record_result(0.6, ok=True)

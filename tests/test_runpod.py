@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from comfy_cluster.errors import (
 from comfy_cluster.ledger import CostLedger
 from comfy_cluster.runpod import (
     RUN_PAYLOAD_LIMIT,
-    BudgetReached,
     RunPodEndpoint,
     build_payload,
     parse_health,
@@ -189,6 +188,13 @@ def test_429_is_retried_after_retry_after(emu, tmp_path) -> None:
     assert time.monotonic() - t0 >= 0.95
 
 
+def test_429_that_persists_is_reported_not_looped(emu, tmp_path) -> None:
+    emu.set(rate_limit_next=50, retry_after="0")
+    with pytest.raises(ServerUnavailable, match=r"rate limited \(HTTP 429\)"):
+        run(make_endpoint(emu, tmp_path), PromptRequest("p-429x", empty_workflow(), timeout=30))
+    assert emu.count("POST", "/run") == 5
+
+
 def test_5xx_is_retried_with_backoff(emu, tmp_path) -> None:
     emu.set(server_error_next=2)
     result = run(make_endpoint(emu, tmp_path), PromptRequest("p-503", empty_workflow(), timeout=30))
@@ -199,7 +205,7 @@ def test_5xx_is_retried_with_backoff(emu, tmp_path) -> None:
 def test_retry_after_forms() -> None:
     assert retry_after_seconds("3") == 3.0
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
-    when = datetime.utcnow() + timedelta(seconds=30)
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
     date = when.strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert 25 <= retry_after_seconds(date) <= 31
 
@@ -432,7 +438,7 @@ def test_health_feeds_the_status_cache(emu, tmp_path) -> None:
     assert json.loads(json.dumps(status.to_dict()))["kind"] == "runpod"
 
 
-def test_booting_while_workers_initialize(emu_module, tmp_path) -> None:
+def test_booting_while_workers_initialize(tmp_path) -> None:
     # A fresh emulator whose only worker takes a second to boot.
     with EmulatorThread(name="rp-cold") as comfy, \
             RunPodEmulator(endpoint_id=EID, api_key=KEY, comfy_urls=[comfy.url], cold_start_s=1.5) as emu:
@@ -537,7 +543,7 @@ def test_budget_cap_stops_runpod_use_at_the_cap_with_no_frame_lost(emu, comfy, t
         try:
             result = run(ep, PromptRequest(f"p{frame}", empty_workflow(frame), timeout=30, label=f"frame {frame}"),
                          )
-        except BudgetReached:
+        except BudgetExceeded:
             done[frame] = render_local(frame)
             return
         result.outputs[0].fetch(tmp_path / f"rp.{frame}.png")
@@ -676,10 +682,9 @@ def test_the_api_key_never_leaks(emu, comfy, tmp_path, caplog) -> None:
             errors.append(err)
 
         cfg = Cfg(endpoint_id=EID, base_url=emu.base_url, admin_url=f"{emu.url}/v1",
-                  graphql_url=f"{emu.url}/graphql")
+                  admin_v2_url=f"{emu.url}/v2", graphql_url=f"{emu.url}/graphql")
         emu.set(admin_apis=("graphql",))
-        admin = RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": KEY}, state_dir=tmp_path / "state",
-                            rest_v2_url=f"{emu.url}/v2")
+        admin = RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": KEY}, state_dir=tmp_path / "state")
         texts += [str(admin.warm().to_dict()), str(admin.cold()), repr(admin), repr(ep)]
         texts.append(runpod_status_text(ep.get_status()))
         texts.append(json.dumps(ep.get_status().to_dict()))

@@ -34,9 +34,9 @@ def emu():
 
 def make_admin(emu: RunPodEmulator, tmp_path: Path, key: str = KEY, endpoint_id: str = EID) -> RunPodAdmin:
     cfg = RunPodConfig(endpoint_id=endpoint_id, base_url=f"{emu.url}/v2/{{endpoint_id}}",
-                       admin_url=f"{emu.url}/v1", graphql_url=f"{emu.url}/graphql")
-    return RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": key}, state_dir=tmp_path / "state",
-                       rest_v2_url=f"{emu.url}/v2", timeout=10)
+                       admin_url=f"{emu.url}/v1",
+                       admin_v2_url=f"{emu.url}/v2", graphql_url=f"{emu.url}/graphql")
+    return RunPodAdmin(cfg, environ={"RUNPOD_API_KEY": key}, state_dir=tmp_path / "state", timeout=10)
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
