@@ -3,8 +3,10 @@
 Starts three emulated ComfyUI servers of different speeds (one child process), writes a
 short plate sequence (a moving gradient), renders LoadImage -> ImageBlur -> ImageInvert ->
 SaveImage over the cluster, then the same on the fastest server alone, and prints where
-each frame ran, both wall times and the speed-up. Finally it checks that the cluster gave
-exactly the pixels the single server gave, frame by frame. The emulator process is
+each frame ran, both wall times and the speed-up. Then the "offline burst": with the local
+servers stopped, the same sequence completes on an emulated RunPod endpoint, with its cost.
+Finally it checks that the cluster and the burst gave exactly the pixels the single server
+gave, frame by frame. The emulator process is
 stopped on every exit path, Ctrl-C included.
 """
 
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 #: (name, seconds per job): different GPUs, as in a real studio.
 DEMO_SERVERS = (("gpu-fast", 0.15), ("gpu-mid", 0.3), ("gpu-slow", 0.6))
 PLATE_SIZE = (160, 90)
+
+#: The emulated RunPod endpoint of the offline-burst scene: its workers and a key it accepts.
+RUNPOD_WORKERS = 3
+DEMO_RUNPOD_KEY = "demo-runpod-key"
 
 DEMO_WORKFLOW = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "plate.png"}, "_meta": {"title": "Plate"}},
@@ -66,6 +72,35 @@ def _render(servers: list[tuple[str, int]], *, frames: str, plates: str, output:
         return result, time.monotonic() - started
 
 
+def _burst(servers: list[tuple[str, int]], *, frames: str, plates: str, output: str, state: Path):
+    """The offline burst: every local server is down, so the pool sends the work to RunPod."""
+    from . import run
+    from .config import RunPodConfig, ServerConfig
+    from .emulator.runpod import RunPodEmulator
+    from .ledger import CostLedger
+    from .pool import ComfyUIServerPool
+    from .runpod import RunPodEndpoint
+
+    environ = {"RUNPOD_API_KEY": DEMO_RUNPOD_KEY}
+    emulator = RunPodEmulator(endpoint_id="demo-burst", api_key=DEMO_RUNPOD_KEY, workers=RUNPOD_WORKERS,
+                              cold_start_s=0.5, seconds_per_job=0.15).start()
+    try:
+        cfg = RunPodConfig(endpoint_id="demo-burst", base_url=emulator.base_url, max_concurrent=RUNPOD_WORKERS,
+                           status_poll_min=0.1, status_poll_max=0.5)
+        ledger = CostLedger(state, environ=environ)
+        endpoint = RunPodEndpoint(cfg, environ=environ, ledger=ledger, poll_interval=0.5)
+        configs = [ServerConfig(name=name, ip="127.0.0.1", port=port) for name, port in servers]
+        with ComfyUIServerPool(configs, poll_interval=0.5, runpod=endpoint, environ=environ) as pool:
+            pool.update_all_server_status()
+            started = time.monotonic()
+            batch = run.animation_submit(DEMO_WORKFLOW, pool=pool, frames=frames, inputs={"Plate.image": plates},
+                                         output=output, job_timeout=60)
+            result = batch.result(timeout=300)
+            return result, time.monotonic() - started, ledger.spend_for_batch(batch.batch_id)
+    finally:
+        emulator.stop()
+
+
 def run_demo(frames: int = 24, output: Path = Path("demo-output"), out: TextIO | None = None) -> int:
     """Run the demo; returns the exit code (0 when every frame rendered and matched)."""
     from .emulator.process import EmulatorProcess
@@ -97,6 +132,11 @@ def run_demo(frames: int = 24, output: Path = Path("demo-output"), out: TextIO |
                                    output=str(output / "single" / "demo.####.png"))
     finally:
         emulator.stop()
+    out.write(f"offline burst: the local servers are stopped; rendering {spec} on an emulated RunPod "
+              f"endpoint ({RUNPOD_WORKERS} workers)...\n")
+    out.flush()
+    burst, burst_s, burst_cost = _burst(servers, frames=spec, plates=plates, state=output / "state",
+                                        output=str(output / "burst" / "demo.####.png"))
 
     rows = [(name, cluster.by_server.get(name, 0), seconds) for name, seconds in DEMO_SERVERS]
     out.write("\nserver      speed      frames\n")
@@ -105,14 +145,17 @@ def run_demo(frames: int = 24, output: Path = Path("demo-output"), out: TextIO |
     out.write(f"\ncluster: {cluster_s:6.2f} s for {frames} frames\n")
     out.write(f"alone:   {single_s:6.2f} s on {servers[0][0]}\n")
     out.write(f"speed-up: {single_s / cluster_s:.1f}x\n")
+    burst_where = ", ".join(f"{name}: {count}" for name, count in sorted(burst.by_server.items()))
+    out.write(f"offline burst: {burst_s:6.2f} s for {len(burst.frames)} frames ({burst_where}), "
+              f"cost ${burst_cost:.4f}\n")
 
-    mismatched = _compare(cluster.frames, single.frames)
-    ok = cluster.ok and single.ok and not mismatched
+    mismatched = sorted(set(_compare(cluster.frames, single.frames)) | set(_compare(burst.frames, single.frames)))
+    ok = cluster.ok and single.ok and burst.ok and not mismatched
     if mismatched:
         out.write(f"pixel check FAILED on frames {', '.join(map(str, mismatched))}\n")
     elif ok:
-        out.write(f"pixel check: all {frames} cluster frames equal the single-server frames\n")
-    for frame, err in sorted({**cluster.failed, **single.failed}.items()):
+        out.write(f"pixel check: all {frames} cluster and burst frames equal the single-server frames\n")
+    for frame, err in sorted({**cluster.failed, **single.failed, **burst.failed}.items()):
         out.write(f"frame {frame} failed: {err}\n")
     out.write(f"outputs: {output / 'cluster'}\n")
     return 0 if ok else 1

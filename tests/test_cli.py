@@ -133,5 +133,6 @@ def test_submit_prints_the_output_files(servers, tmp_path, capsys):
 def test_demo_runs(tmp_path, capsys):
     code, out, err = _run(["demo", "--frames", "6", "--output", str(tmp_path / "demo")], capsys)
     assert code == 0, out + err
-    assert "speed-up" in out and "pixel check: all 6 cluster frames equal" in out
+    assert "speed-up" in out and "pixel check: all 6 cluster and burst frames equal" in out
+    assert "offline burst:" in out and "runpod: 6" in out and "cost $" in out
     assert len(list((tmp_path / "demo" / "cluster").glob("demo.*.png"))) == 6
