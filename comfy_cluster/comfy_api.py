@@ -35,6 +35,7 @@ from urllib.parse import quote, urlsplit
 import requests
 import websocket
 from requests.adapters import HTTPAdapter
+from urllib3 import exceptions as _urllib3_errors
 from urllib3.exceptions import ReadTimeoutError as _ReadTimeoutError
 
 from .errors import (
@@ -65,6 +66,8 @@ OBJECT_INFO_CAP = 64 * _MIB
 DOWNLOAD_CAP = 4096 * _MIB
 #: Connections kept per server: enough for every concurrent job and the monitor.
 POOL_SIZE = 32
+#: Consecutive unreadable /history answers after which a watch gives up on the server.
+GARBLED_POLLS = 3
 
 _CHUNK = 256 * 1024
 _EXCERPT = 200
@@ -284,6 +287,17 @@ def _reason(err: BaseException) -> str:
     return text[-160:]
 
 
+def _as_requests_error(err: Exception) -> requests.RequestException:
+    """The requests exception ``iter_content`` would have raised for a urllib3 error."""
+    if isinstance(err, _ReadTimeoutError):
+        return requests.ConnectionError(err)
+    if isinstance(err, _urllib3_errors.DecodeError):
+        return requests.exceptions.ContentDecodingError(err)
+    if isinstance(err, _urllib3_errors.SSLError):
+        return requests.exceptions.SSLError(err)
+    return requests.exceptions.ChunkedEncodingError(err)
+
+
 def _excerpt(body: bytes) -> str:
     text = body[:_EXCERPT * 4].decode("utf-8", errors="replace")
     text = " ".join(text.split())
@@ -397,6 +411,7 @@ class _KeepAliveGet:
         self._verify = verify
         self._sock: socket.socket | None = None
         self._buf = b""
+        self._deadline = 0.0
         self._lock = threading.Lock()
 
     def _connect(self) -> socket.socket:
@@ -431,6 +446,7 @@ class _KeepAliveGet:
         if self._sock is None:
             self._sock = self._connect()
             self._buf = b""
+        self._deadline = time.monotonic() + self._timeouts.read
         self._sock.sendall(request)
         head = self._read_until(b"\r\n\r\n", _ERROR_BODY_CAP)
         status_line, _, header_block = head.partition(b"\r\n")
@@ -454,7 +470,10 @@ class _KeepAliveGet:
         return int(parts[1]), body
 
     def _recv(self) -> bytes:
+        """One socket read, within the answer's total budget (a dripping server cannot hold it)."""
         assert self._sock is not None
+        if time.monotonic() > self._deadline:
+            raise socket.timeout("the answer was still arriving when the read timeout ran out")
         data = self._sock.recv(65536)
         if not data:
             raise http.client.RemoteDisconnected("the server closed the connection")
@@ -895,20 +914,36 @@ class ComfyClient:
 
     def _iter_body(self, resp: requests.Response, what: str, prompt_id: str | None = None, *,
                    read_timeout: float | None = None) -> Iterator[bytes]:
+        """The body in chunks, within ``read_timeout`` seconds in all.
+
+        A per-read timeout alone never trips on a server that drips a byte every half second,
+        and ``iter_content`` blocks until a whole chunk has arrived; ``read1`` returns after
+        one socket read, so the total budget is checked between reads.
+        """
+        budget = read_timeout or self.timeouts.read
+        timeout = (self.timeouts.connect, budget)
+        deadline = time.monotonic() + budget
         try:
-            yield from resp.iter_content(_CHUNK)
-        except requests.RequestException as err:
-            timeout = (self.timeouts.connect, read_timeout or self.timeouts.read)
-            raise self._translate(err, what, timeout, prompt_id) from err
+            while True:
+                chunk = resp.raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    return
+                yield chunk
+                if time.monotonic() > deadline:
+                    raise ServerTimeout(f"server '{self.name}': {what}: the answer was still arriving after "
+                                        f"{_seconds(budget)} s", server=self.name, prompt_id=prompt_id)
+        except (_ReadTimeoutError, _urllib3_errors.ProtocolError, _urllib3_errors.DecodeError,
+                _urllib3_errors.SSLError) as err:
+            raise self._translate(_as_requests_error(err), what, timeout, prompt_id) from err
 
     def _read_body(self, resp: requests.Response, what: str, cap: int, *, prompt_id: str | None = None,
-                   limit_silently: bool = False) -> bytes:
+                   limit_silently: bool = False, read_timeout: float | None = None) -> bytes:
         """Read a streamed body, refusing (or, for error excerpts, cutting) past ``cap`` bytes."""
         try:
             if not limit_silently:
                 self._check_declared_size(resp, what, cap, prompt_id)
             buf = bytearray()
-            for chunk in self._iter_body(resp, what, prompt_id):
+            for chunk in self._iter_body(resp, what, prompt_id, read_timeout=read_timeout):
                 buf += chunk
                 if len(buf) > cap:
                     if limit_silently:
@@ -920,8 +955,9 @@ class ComfyClient:
             resp.close()
 
     def _read_json(self, resp: requests.Response, what: str, *, cap: int = JSON_CAP,
-                   prompt_id: str | None = None) -> dict:
-        return self._parse_json(self._read_body(resp, what, cap, prompt_id=prompt_id), what, prompt_id)
+                   prompt_id: str | None = None, read_timeout: float | None = None) -> dict:
+        body = self._read_body(resp, what, cap, prompt_id=prompt_id, read_timeout=read_timeout)
+        return self._parse_json(body, what, prompt_id)
 
     def _parse_json(self, body: bytes, what: str, prompt_id: str | None = None) -> dict:
         try:
@@ -935,19 +971,20 @@ class ComfyClient:
         return data
 
     def _json_answer(self, resp: requests.Response, what: str, *, cap: int = JSON_CAP,
-                     prompt_id: str | None = None) -> dict:
+                     prompt_id: str | None = None, read_timeout: float | None = None) -> dict:
         """The JSON object of a 200 answer; anything else is translated."""
         self._check_status(resp, what, prompt_id)
         if resp.status_code != 200:
-            body = self._read_body(resp, what, _ERROR_BODY_CAP, prompt_id=prompt_id, limit_silently=True)
+            body = self._read_body(resp, what, _ERROR_BODY_CAP, prompt_id=prompt_id, limit_silently=True,
+                                   read_timeout=read_timeout)
             self._raise_status(resp.status_code, body, what, prompt_id)
-        return self._read_json(resp, what, cap=cap, prompt_id=prompt_id)
+        return self._read_json(resp, what, cap=cap, prompt_id=prompt_id, read_timeout=read_timeout)
 
     def _get_json(self, route: str, *, cap: int = JSON_CAP, prompt_id: str | None = None,
                   read_timeout: float | None = None) -> dict:
         what = f"GET {route}"
         resp = self._call("GET", route, read_timeout=read_timeout, prompt_id=prompt_id)
-        return self._json_answer(resp, what, cap=cap, prompt_id=prompt_id)
+        return self._json_answer(resp, what, cap=cap, prompt_id=prompt_id, read_timeout=read_timeout)
 
     def _get_small_json(self, route: str) -> dict:
         """A GET over the keep-alive probe connection (``_get_json`` when a proxy applies)."""
@@ -1069,6 +1106,8 @@ class PromptWatch:
         quiet_after = max(tracker.quiet_after, tracker.poll_interval)
         next_poll = start
         failing_since: float | None = None
+        last_error: ServerUnavailable | None = None
+        garbled = 0
         try:
             while True:
                 with self._cond:
@@ -1087,16 +1126,21 @@ class PromptWatch:
                     return self._last_check()
                 now = time.monotonic()
                 if now >= deadline:
+                    why = f" (last /history poll: {last_error})" if last_error is not None else ""
                     raise JobTimeout(f"server '{name}': prompt {self.prompt_id} did not finish within "
-                                     f"{_seconds(timeout)} s", server=name, prompt_id=self.prompt_id)
+                                     f"{_seconds(timeout)} s{why}", server=name, prompt_id=self.prompt_id)
                 if done or poll_now or not tracker.connected or quiet:
                     if now >= next_poll or poll_now:
                         try:
                             entry = self._poll(min(self._client.timeouts.read, max(5.0, 2 * tracker.poll_interval)))
-                            failing_since = None
+                            failing_since, last_error, garbled = None, None, 0
                         except ServerUnavailable as err:
                             failing_since = failing_since or now
+                            last_error = err
                             log.debug("polling history of %s on '%s' failed: %s", self.prompt_id, name, err)
+                            garbled = garbled + 1 if isinstance(err, ProtocolError) else 0
+                            if garbled >= GARBLED_POLLS:
+                                raise   # the server answers garbage about this prompt: run it elsewhere
                             if not tracker.connected and time.monotonic() - failing_since >= tracker.unreachable_after:
                                 raise
                             entry = None

@@ -72,6 +72,9 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENDPOINT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+#: Headers that decide where a request goes or how its bytes are framed: the client sets them.
+_FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                              "upgrade", "te", "trailer", "expect", "proxy-connection"})
 
 _logged_sources: set[str] = set()
 _logged_lock = threading.Lock()
@@ -239,6 +242,9 @@ class ServerConfig(BaseModel):
             elif key.lower() in _SECRET_HEADERS:
                 problems.append(f"{key}: refused: put the token in an environment variable and name it "
                                 "in auth_token_env")
+            elif key.lower() in _FRAMING_HEADERS:
+                problems.append(f"{key}: refused: this header decides where the request goes or how it is "
+                                "framed, and the client sets it itself")
             elif not isinstance(val, str):
                 problems.append(f"{key}: the value must be a string, got {_json_type(val)}")
             elif any(c in val for c in "\r\n\x00"):

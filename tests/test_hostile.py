@@ -310,8 +310,6 @@ def test_a_broken_history_answer_fails_that_frame_within_the_job_timeout(servers
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
-@pytest.mark.xfail(strict=True, reason="comfy_api PromptWatch.wait swallows the /history ProtocolError and "
-                   "ends in a JobTimeout that does not say why (see the bench/chaos report)")
 def test_the_frame_error_names_the_broken_history_answer(servers, tmp_path):
     emu = servers("broken", overrides={"/ws": no_websocket, "/history": malformed})
     result, _ = render_one_frame_from(emu, tmp_path, HANG_LIMIT)
@@ -344,8 +342,6 @@ def test_a_websocket_of_pure_junk_falls_back_to_history(servers, tmp_path):
         assert_colour(files[0])
 
 
-@pytest.mark.xfail(strict=True, reason="comfy_api reads a body with a per-read timeout only, so a server "
-                   "that drips a byte every half second holds PromptWatch.wait past its job timeout forever")
 def test_a_body_that_drips_forever_is_bounded_by_the_job_timeout(servers, tmp_path):
     """One byte every half second never trips a socket read timeout; the frame must still end."""
     emu = servers("drip", overrides={"/ws": no_websocket, "/history": slow_drip})
@@ -386,8 +382,6 @@ def test_config_values_that_smuggle_paths_or_headers_are_rejected(fields, field)
     assert "stolen" not in text and "inline" not in text and "session=1" not in text
 
 
-@pytest.mark.xfail(strict=True, reason="config.py accepts headers that rewrite the request's framing or "
-                   "target (Host, Content-Length, Transfer-Encoding, Connection)")
 @pytest.mark.parametrize("header", ["Host", "Content-Length", "Transfer-Encoding", "Connection"])
 def test_headers_that_rewrite_the_request_framing_are_refused(header):
     entry = {"name": "gpu-01", "ip": "127.0.0.1", "port": 8188, "headers": {header: "evil.example"}}
