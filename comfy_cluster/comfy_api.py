@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import websocket
@@ -38,6 +38,7 @@ from requests.adapters import HTTPAdapter
 from urllib3 import exceptions as _urllib3_errors
 from urllib3.exceptions import ReadTimeoutError as _ReadTimeoutError
 
+from ._http import AnswerTooLarge, ConnectFailed, KeepAlivePool
 from .errors import (
     Cancelled,
     ComfyClusterError,
@@ -287,6 +288,20 @@ def _reason(err: BaseException) -> str:
     return text[-160:]
 
 
+class _Sink:
+    """Writes a downloaded body to an open file; a full disk is a TransferError, not a server fault."""
+
+    def __init__(self, fh: Any, dest: Path, server: str) -> None:
+        self._fh, self._dest, self._server = fh, dest, server
+
+    def __call__(self, chunk: bytes) -> None:
+        try:
+            self._fh.write(chunk)
+        except OSError as err:
+            raise TransferError(f"cannot write {str(self._dest)!r} (from server '{self._server}'): {err}",
+                                server=self._server) from err
+
+
 def _as_requests_error(err: Exception) -> requests.RequestException:
     """The requests exception ``iter_content`` would have raised for a urllib3 error."""
     if isinstance(err, _ReadTimeoutError):
@@ -385,155 +400,6 @@ def _make_session(base_url: str) -> requests.Session:
     return session
 
 
-class _KeepAliveGet:
-    """One persistent socket for the status monitor's small GETs (HTTP/1.1 keep-alive).
-
-    The monitor polls every server every second. Through requests a GET of ``/queue`` cost
-    about 0.7 ms of CPU here, through ``http.client`` about 0.35 ms (half of it parsing headers
-    with the ``email`` package); this reader reads only the status, Content-Length,
-    Transfer-Encoding and Connection. With 100 servers that is the difference between 16%
-    and under 5% of a core. Used only when no proxy applies; errors are translated by the
-    caller exactly as ``ComfyClient._call`` does.
-    """
-
-    def __init__(self, base_url: str, headers: Mapping[str, str], timeouts: Timeouts,
-                 verify: bool | str) -> None:
-        parts = urlsplit(base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
-        self._path = parts.path.rstrip("/")
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        lines = [f"Host: {host}:{self._port}", "Accept: application/json", "Connection: keep-alive",
-                 *(f"{k}: {v}" for k, v in headers.items())]
-        self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self._timeouts = timeouts
-        self._verify = verify
-        self._sock: socket.socket | None = None
-        self._buf = b""
-        self._deadline = 0.0
-        self._lock = threading.Lock()
-
-    def _connect(self) -> socket.socket:
-        sock = socket.create_connection((self._host, self._port), timeout=self._timeouts.connect)
-        if self._https:
-            context = ssl.create_default_context(cafile=self._verify if isinstance(self._verify, str) else None)
-            if self._verify is False:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            sock = context.wrap_socket(sock, server_hostname=self._host)
-        sock.settimeout(self._timeouts.read)
-        return sock
-
-    def get(self, route: str, cap: int) -> tuple[int, bytes]:
-        """``(status, body)``; raises ``OSError``/``http.client.HTTPException`` for the caller to translate."""
-        request = f"GET {self._path}{route} HTTP/1.1\r\n".encode("latin-1") + self._head
-        with self._lock:
-            reused = self._sock is not None
-            try:
-                try:
-                    return self._exchange(request, cap)
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                    if not reused:
-                        raise
-                    self._close_locked()  # a stale keep-alive connection: one fresh try
-                    return self._exchange(request, cap)
-            except BaseException:
-                self._close_locked()
-                raise
-
-    def _exchange(self, request: bytes, cap: int) -> tuple[int, bytes]:
-        if self._sock is None:
-            self._sock = self._connect()
-            self._buf = b""
-        self._deadline = time.monotonic() + self._timeouts.read
-        self._sock.sendall(request)
-        head = self._read_until(b"\r\n\r\n", _ERROR_BODY_CAP)
-        status_line, _, header_block = head.partition(b"\r\n")
-        parts = status_line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise http.client.BadStatusLine(status_line.decode("latin-1", "replace")[:80])
-        fields = {}
-        for line in header_block.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            if sep:
-                fields[name.strip().lower()] = value.strip().lower()
-        if b"chunked" in fields.get(b"transfer-encoding", b""):
-            body = self._read_chunked(cap)
-        elif fields.get(b"content-length", b"").isdigit():
-            length = int(fields[b"content-length"])
-            body = self._read_exact(min(length, cap + 1)) if length else b""
-        else:
-            body = self._read_to_close(cap)
-        if fields.get(b"connection") == b"close" or parts[0] == b"HTTP/1.0" or len(body) > cap:
-            self._close_locked()
-        return int(parts[1]), body
-
-    def _recv(self) -> bytes:
-        """One socket read, within the answer's total budget (a dripping server cannot hold it)."""
-        assert self._sock is not None
-        if time.monotonic() > self._deadline:
-            raise socket.timeout("the answer was still arriving when the read timeout ran out")
-        data = self._sock.recv(65536)
-        if not data:
-            raise http.client.RemoteDisconnected("the server closed the connection")
-        return data
-
-    def _read_until(self, marker: bytes, cap: int) -> bytes:
-        while marker not in self._buf:
-            if len(self._buf) > cap:
-                raise http.client.LineTooLong("response head")
-            self._buf += self._recv()
-        head, _, self._buf = self._buf.partition(marker)
-        return head
-
-    def _read_exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            try:
-                self._buf += self._recv()
-            except http.client.RemoteDisconnected as err:
-                raise http.client.IncompleteRead(self._buf, n - len(self._buf)) from err
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-    def _read_chunked(self, cap: int) -> bytes:
-        body = bytearray()
-        while True:
-            size_line = self._read_until(b"\r\n", 1024).split(b";", 1)[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError as err:
-                raise http.client.IncompleteRead(bytes(body)) from err
-            if size == 0:
-                self._read_until(b"\r\n", _ERROR_BODY_CAP)
-                return bytes(body)
-            body += self._read_exact(size)
-            self._read_exact(2)
-            if len(body) > cap:
-                return bytes(body)
-
-    def _read_to_close(self, cap: int) -> bytes:
-        body = bytearray(self._buf)
-        self._buf = b""
-        while len(body) <= cap:
-            try:
-                body += self._recv()
-            except http.client.RemoteDisconnected:
-                break
-        self._close_locked()
-        return bytes(body)
-
-    def _close_locked(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._buf = b""
-
-    def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-
 class ComfyClient:
     """One ComfyUI server's HTTP API. Transport only: never retries, never chooses.
 
@@ -562,21 +428,24 @@ class ComfyClient:
         self.api_prefix = f"/{prefix}" if prefix else ""
         self._auth_token_env = auth_token_env
         self._headers = dict(headers or {})
+        # A caller's own session carries every call (its adapters, a test double); otherwise
+        # the hot calls take the lean keep-alive pool, unless a proxy applies.
         self._owns_session = session is None
         if session is None:
             session = _make_session(self.base_url)
         self._session = session
         proxied = bool(session.proxies.get(parts.scheme) or session.proxies.get("all"))
-        self._keepalive = None if proxied else _KeepAliveGet(
-            self.base_url + self.api_prefix, self._headers, timeouts, session.verify)
+        self._keepalive = None if (proxied or not self._owns_session) else KeepAlivePool(
+            self.base_url + self.api_prefix, self._headers, connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read, verify=session.verify)
 
     @classmethod
     def from_config(cls, cfg: ServerConfig, environ: Mapping[str, str] = os.environ,
-                    timeouts: Timeouts = Timeouts()) -> ComfyClient:
+                    timeouts: Timeouts = Timeouts(), session: requests.Session | None = None) -> ComfyClient:
         """A client for a configured server; the bearer token is read from ``environ`` here."""
         headers = dict(cfg.headers)
         headers.update(cfg.auth_header(environ))
-        return cls(cfg.base_url, name=cfg.name, headers=headers, timeouts=timeouts,
+        return cls(cfg.base_url, name=cfg.name, headers=headers, timeouts=timeouts, session=session,
                    auth_token_env=cfg.auth_token_env)
 
     def __repr__(self) -> str:
@@ -634,10 +503,12 @@ class ComfyClient:
         if front:
             body["front"] = True
         what = "POST /prompt"
-        resp = self._call("POST", "/prompt", json_body=body, prompt_id=prompt_id)
-        if resp.status_code == 400:
-            raise self._rejection(self._read_json(resp, what, prompt_id=prompt_id), prompt, prompt_id)
-        data = self._json_answer(resp, what, prompt_id=prompt_id)
+        status, raw = self._exchange("POST", "/prompt", json_body=body, cap=JSON_CAP, prompt_id=prompt_id)
+        if status == 400:
+            raise self._rejection(self._parse_json(raw, what, prompt_id), prompt, prompt_id)
+        if status != 200:
+            self._raise_status(status, raw, what, prompt_id)
+        data = self._parse_json(raw, what, prompt_id)
         node_errors = data.get("node_errors") or {}
         if not isinstance(node_errors, dict):
             raise ProtocolError(f"server '{self.name}': {what} answered node_errors of type "
@@ -661,7 +532,7 @@ class ComfyClient:
     def get_queue(self) -> QueueState:
         """``GET /queue``, with ``pending`` sorted into execution order (ComfyUI sends a heap)."""
         what = "GET /queue"
-        data = self._get_small_json("/queue")
+        data = self._get_json("/queue")
         try:
             running = [self._queue_entry(item) for item in data.get("queue_running", [])]
             pending = [self._queue_entry(item) for item in data.get("queue_pending", [])]
@@ -748,11 +619,12 @@ class ComfyClient:
                                 server=self.name) from err
         resp = self._call("POST", "/upload/image", files={"image": (name, payload, mime)}, data=form,
                           read_timeout=self.timeouts.transfer)
-        if resp.status_code != 200 and resp.status_code < 500 and resp.status_code not in (401, 403):
+        self._check_status(resp, what)
+        if resp.status_code != 200:
             body = self._read_body(resp, what, _ERROR_BODY_CAP, limit_silently=True)
             raise TransferError(f"server '{self.name}': {what} refused {name!r} (HTTP {resp.status_code}): "
                                 f"{_excerpt(body)}", server=self.name)
-        answer = self._json_answer(resp, what)
+        answer = self._read_json(resp, what)
         try:
             return UploadedFile(name=str(answer["name"]), subfolder=str(answer.get("subfolder") or ""),
                                 type=str(answer.get("type") or type))
@@ -767,37 +639,29 @@ class ComfyClient:
         """
         what = "GET /view"
         dest = Path(dest)
-        params = {"filename": image.filename, "subfolder": image.subfolder, "type": image.type}
-        resp = self._call("GET", "/view", params=params, read_timeout=self.timeouts.transfer)
-        opened = False
+        query = urlencode({"filename": image.filename, "subfolder": image.subfolder, "type": image.type})
         try:
-            self._check_status(resp, what)
-            if resp.status_code != 200:
-                body = self._read_body(resp, what, _ERROR_BODY_CAP, limit_silently=True)
+            fh = open(dest, "wb")
+        except OSError as err:
+            raise TransferError(f"cannot write {str(dest)!r} (from server '{self.name}'): {err}",
+                                server=self.name) from err
+        try:
+            with fh:
+                status, body = self._exchange("GET", f"/view?{query}", cap=max_bytes, sink=_Sink(fh, dest, self.name),
+                                              read_timeout=self.timeouts.transfer)
+            if status in (401, 403) or status >= 500:
+                self._raise_status(status, body, what)
+            if status != 200:
                 raise TransferError(f"server '{self.name}': {what} could not fetch {image.filename!r} of node "
-                                    f"{image.node_id} (HTTP {resp.status_code}): {_excerpt(body)}",
-                                    server=self.name)
-            self._check_declared_size(resp, what, max_bytes)
-            written = 0
-            try:
-                with open(dest, "wb") as fh:
-                    opened = True
-                    for chunk in self._iter_body(resp, what, read_timeout=self.timeouts.transfer):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise ProtocolError(f"server '{self.name}': {what} answered more than the {max_bytes} "
-                                                f"byte limit for {image.filename!r}", server=self.name)
-                        fh.write(chunk)
-            except OSError as err:
-                raise TransferError(f"cannot write {str(dest)!r} (from server '{self.name}'): {err}",
-                                    server=self.name) from err
+                                    f"{image.node_id} (HTTP {status}): {_excerpt(body)}", server=self.name)
             return dest
+        except ProtocolError as err:
+            dest.unlink(missing_ok=True)
+            raise ProtocolError(f"{err} (file {image.filename!r} of node {image.node_id})", server=self.name,
+                                prompt_id=err.prompt_id) from err
         except BaseException:
-            if opened:
-                dest.unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)
             raise
-        finally:
-            resp.close()
 
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
         """``POST /free``; always with a JSON body (ComfyUI answers 500 without one)."""
@@ -970,52 +834,74 @@ class ComfyClient:
                                 server=self.name, prompt_id=prompt_id)
         return data
 
-    def _json_answer(self, resp: requests.Response, what: str, *, cap: int = JSON_CAP,
-                     prompt_id: str | None = None, read_timeout: float | None = None) -> dict:
-        """The JSON object of a 200 answer; anything else is translated."""
-        self._check_status(resp, what, prompt_id)
-        if resp.status_code != 200:
-            body = self._read_body(resp, what, _ERROR_BODY_CAP, prompt_id=prompt_id, limit_silently=True,
-                                   read_timeout=read_timeout)
-            self._raise_status(resp.status_code, body, what, prompt_id)
-        return self._read_json(resp, what, cap=cap, prompt_id=prompt_id, read_timeout=read_timeout)
+    def _exchange(self, method: str, route: str, *, json_body: Any = None, cap: int,
+                  sink: Callable[[bytes], None] | None = None, read_timeout: float | None = None,
+                  prompt_id: str | None = None) -> tuple[int, bytes]:
+        """One request, ``(status, body)``: over the lean keep-alive pool, or requests when proxied.
+
+        Transport failures are translated; the status is the caller's to judge. With ``sink``
+        a 200 body is streamed there; an error body is always returned (cut short).
+        """
+        what = f"{method} {route.split('?', 1)[0]}"
+        budget = read_timeout or self.timeouts.read
+        timeout = (self.timeouts.connect, budget)
+        if self._keepalive is None:
+            return self._exchange_requests(method, route, json_body, cap, sink, budget, prompt_id)
+        body = None if json_body is None else json.dumps(json_body).encode("utf-8")
+        try:
+            return self._keepalive.fetch(method, route, body=body, content_type="application/json" if body else None,
+                                         cap=cap, sink=sink, budget=budget)
+        except AnswerTooLarge as err:
+            raise ProtocolError(f"server '{self.name}': {what} answered {err.args[0]} bytes, more than the "
+                                f"{cap} byte limit", server=self.name, prompt_id=prompt_id) from err
+        except ConnectFailed as err:
+            cause = err.__cause__
+            wrapped = (requests.ConnectTimeout(cause) if isinstance(cause, socket.timeout)
+                       else requests.ConnectionError(cause or err))
+            raise self._translate(wrapped, what, timeout, prompt_id) from err
+        except socket.timeout as err:
+            raise self._translate(requests.Timeout(err), what, timeout, prompt_id) from err
+        except (http.client.IncompleteRead, http.client.BadStatusLine, http.client.LineTooLong) as err:
+            raise self._translate(requests.exceptions.ChunkedEncodingError(err), what, timeout, prompt_id) from err
+        except (OSError, http.client.HTTPException) as err:
+            raise self._translate(requests.ConnectionError(err), what, timeout, prompt_id) from err
+
+    def _exchange_requests(self, method: str, route: str, json_body: Any, cap: int,
+                           sink: Callable[[bytes], None] | None, budget: float,
+                           prompt_id: str | None) -> tuple[int, bytes]:
+        what = f"{method} {route.split('?', 1)[0]}"
+        resp = self._call(method, route, json_body=json_body, read_timeout=budget, prompt_id=prompt_id)
+        status = resp.status_code
+        if status != 200 or sink is None:
+            ok = status in (200, 400)
+            return status, self._read_body(resp, what, cap if ok else _ERROR_BODY_CAP, prompt_id=prompt_id,
+                                           limit_silently=not ok, read_timeout=budget)
+        try:
+            self._check_declared_size(resp, what, cap, prompt_id)
+            seen = 0
+            for chunk in self._iter_body(resp, what, prompt_id, read_timeout=budget):
+                seen += len(chunk)
+                if seen > cap:
+                    raise ProtocolError(f"server '{self.name}': {what} answered more than the {cap} byte limit",
+                                        server=self.name, prompt_id=prompt_id)
+                sink(chunk)
+            return status, b""
+        finally:
+            resp.close()
 
     def _get_json(self, route: str, *, cap: int = JSON_CAP, prompt_id: str | None = None,
                   read_timeout: float | None = None) -> dict:
         what = f"GET {route}"
-        resp = self._call("GET", route, read_timeout=read_timeout, prompt_id=prompt_id)
-        return self._json_answer(resp, what, cap=cap, prompt_id=prompt_id, read_timeout=read_timeout)
-
-    def _get_small_json(self, route: str) -> dict:
-        """A GET over the keep-alive probe connection (``_get_json`` when a proxy applies)."""
-        if self._keepalive is None:
-            return self._get_json(route)
-        what = f"GET {route}"
-        timeout = (self.timeouts.connect, self.timeouts.read)
-        try:
-            status, body = self._keepalive.get(route, JSON_CAP)
-        except socket.timeout as err:
-            raise self._translate(requests.Timeout(err), what, timeout, None) from err
-        except http.client.IncompleteRead as err:
-            raise self._translate(requests.exceptions.ChunkedEncodingError(err), what, timeout, None) from err
-        except (OSError, http.client.HTTPException) as err:
-            raise self._translate(requests.ConnectionError(err), what, timeout, None) from err
+        status, body = self._exchange("GET", route, cap=cap, read_timeout=read_timeout, prompt_id=prompt_id)
         if status != 200:
-            self._raise_status(status, body, what)
-        if len(body) > JSON_CAP:
-            raise ProtocolError(f"server '{self.name}': {what} answered more than the {JSON_CAP} byte limit",
-                                server=self.name)
-        return self._parse_json(body, what)
+            self._raise_status(status, body, what, prompt_id)
+        return self._parse_json(body, what, prompt_id)
 
     def _post_no_content(self, route: str, body: Mapping[str, Any], *, prompt_id: str | None = None) -> None:
         what = f"POST {route}"
-        resp = self._call("POST", route, json_body=dict(body), prompt_id=prompt_id)
-        self._check_status(resp, what, prompt_id)
-        status = resp.status_code
-        body_bytes = self._read_body(resp, what, _ERROR_BODY_CAP, prompt_id=prompt_id, limit_silently=True)
+        status, answer = self._exchange("POST", route, json_body=dict(body), cap=_ERROR_BODY_CAP, prompt_id=prompt_id)
         if status != 200:
-            raise ProtocolError(f"server '{self.name}': {what} answered HTTP {status}: {_excerpt(body_bytes)}",
-                                server=self.name, prompt_id=prompt_id)
+            self._raise_status(status, answer, what, prompt_id)
 
 
 EventCallback = Callable[[Event], None]

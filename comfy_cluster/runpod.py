@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import email.utils
 import hashlib
 import io
@@ -50,6 +49,7 @@ from .errors import (
 )
 from .ledger import CostLedger
 from .server import ServerState
+from .workflow import copy_graph
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def build_payload(request: PromptRequest, *, server: str = "runpod", limit: int 
                                 f"in the workflow", server=server, prompt_id=request.prompt_id)
 
     def assemble(files: dict[tuple[str, str], tuple[bytes, str]]) -> dict[str, Any]:
-        workflow = copy.deepcopy(request.workflow)
+        workflow = copy_graph(request.workflow)
         images: dict[str, bytes] = {}
         for (node_id, input_name), (data, suffix) in files.items():
             name = _content_name(data, suffix)

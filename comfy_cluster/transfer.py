@@ -16,7 +16,6 @@ we write lands atomically (temp file in the same folder, fsync, ``os.replace``).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import TransferError
 from .paths import PathMapper, is_absolute
+from .workflow import copy_graph
 
 if TYPE_CHECKING:
     from .comfy_api import ComfyClient, OutputImage
@@ -136,7 +136,7 @@ def stage_inputs(config: ServerConfig, client: ComfyClient, workflow: dict,
     rewritten local -> remote too. The given workflow is never changed.
     """
     _check_inputs(config, workflow, inputs)
-    staged = copy.deepcopy(workflow)
+    staged = copy_graph(workflow)
     names: dict[tuple[str, str], str] = {}
     for key, path in inputs.items():
         name = content_name(Path(path))

