@@ -861,6 +861,8 @@ class ComfyClient:
             raise self._translate(wrapped, what, timeout, prompt_id) from err
         except socket.timeout as err:
             raise self._translate(requests.Timeout(err), what, timeout, prompt_id) from err
+        except http.client.RemoteDisconnected as err:   # a BadStatusLine too, but nothing was answered
+            raise self._translate(requests.ConnectionError(err), what, timeout, prompt_id) from err
         except (http.client.IncompleteRead, http.client.BadStatusLine, http.client.LineTooLong) as err:
             raise self._translate(requests.exceptions.ChunkedEncodingError(err), what, timeout, prompt_id) from err
         except (OSError, http.client.HTTPException) as err:
