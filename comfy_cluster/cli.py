@@ -146,12 +146,9 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    import requests
-
     from .comfy_api import ComfyClient
-    from .config import load_config, load_config_file
 
-    cfg = load_config_file(args.servers) if args.servers else load_config(os.environ)
+    cfg = _cluster_config(args)
     match = [s for s in cfg.servers if s.name == args.server]
     if not match:
         raise UsageError(f"no server {args.server!r}; configured: {', '.join(s.name for s in cfg.servers)}")
@@ -160,20 +157,14 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
         stats = client.get_system_stats()
         queue = client.get_queue()
         nodes = client.node_classes()
-        try:  # ComfyClient has no "recent history" call; a plain GET with its own headers and timeout
-            resp = requests.get(f"{client.base_url}/history", params={"max_items": "5"}, headers=client.headers,
-                                timeout=(client.timeouts.connect, client.timeouts.read))
-            history = resp.json() if resp.ok else {}
-        except (requests.RequestException, ValueError):
-            history = {}
+        history = client.get_recent_history(5)
     info = {
         "name": server.name, "address": server.base_url, "comfyui_version": stats.comfyui_version,
         "devices": [{"name": d.name, "type": d.type, "vram_total": d.vram_total, "vram_free": d.vram_free}
                     for d in stats.devices],
         "queue_running": [e.prompt_id for e in queue.running], "queue_pending": [e.prompt_id for e in queue.pending],
         "node_count": len(nodes),
-        "recent_history": [{"prompt_id": pid, "status": (h.get("status") or {}).get("status_str")}
-                           for pid, h in history.items()] if isinstance(history, dict) else [],
+        "recent_history": [{"prompt_id": h.prompt_id, "status": h.status_str or None} for h in history],
     }
     if args.json:
         out.write(json.dumps(info, indent=2) + "\n")

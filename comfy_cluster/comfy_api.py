@@ -565,8 +565,14 @@ class ComfyClient:
         route = f"/history/{quote(prompt_id, safe='')}"
         data = self._get_json(route, prompt_id=prompt_id, read_timeout=timeout)
         raw = data.get(prompt_id)
-        if raw is None:
-            return None
+        return None if raw is None else self._history_entry(prompt_id, raw)
+
+    def get_recent_history(self, max_items: int = 5) -> list[HistoryEntry]:
+        """``GET /history?max_items=N``: the newest finished prompts, oldest first (everyone's)."""
+        data = self._get_json(f"/history?max_items={int(max_items)}")
+        return [self._history_entry(str(pid), raw) for pid, raw in data.items()]
+
+    def _history_entry(self, prompt_id: str, raw: Any) -> HistoryEntry:
         try:
             status = raw.get("status") or {}
             outputs = raw.get("outputs") or {}

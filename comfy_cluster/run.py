@@ -154,7 +154,7 @@ class _IterationNames:
 
     def path(self, frame: int, index: int, ref: OutputRef) -> Path:
         name = _ITERATION_RE.sub(lambda m: format(frame, m.group(1) or ""), self.text)
-        return Path(FramePattern(name).with_index(index).format(frame))
+        return Path(FramePattern.parse(name).with_index(index).format(frame))
 
 
 @dataclass(frozen=True)

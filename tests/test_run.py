@@ -484,6 +484,12 @@ def test_iterations_get_different_seeds_and_names(tmp_path):
     assert [r.label for r in backend.requests][0].startswith("iteration ")
 
 
+def test_iteration_names_may_mix_the_iteration_and_a_frame_token(tmp_path):
+    res = run.iteration_submit(WORKFLOW, pool=FakePool(FakeBackend("a")), count=2, seed_mode="increment",
+                               output=str(tmp_path / "look_{iteration}.####.png")).result(30)
+    assert res.ok and res.frames[2] == [tmp_path / "look_2.0002.png"]
+
+
 def test_random_iterations_differ_and_keep_their_seed_on_retry(tmp_path):
     flaky = FakeBackend("flaky", behaviour=_fail_frames({2}, _gone))
     good = FakeBackend("good", 0.02)
