@@ -18,7 +18,6 @@ import http.client
 import json
 import logging
 import socket
-import ssl
 import mimetypes
 import os
 import re

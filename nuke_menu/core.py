@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from comfy_cluster.errors import Cancelled, ComfyClusterError, WorkflowError
+from comfy_cluster.errors import ComfyClusterError, WorkflowError
 
 from .settings import Mode, RenderSettings
 
@@ -224,58 +224,30 @@ class ActiveWork:
     finished: bool = False
 
 
-class JobWork:
-    """A single-frame ``Job`` with a batch's surface (progress, cancel, outcome)."""
-
-    def __init__(self, job: Any, frame: int) -> None:
-        self.job = job
-        self.frame = frame
-
-    @property
-    def progress(self) -> tuple[int, int, int]:
-        state = str(getattr(self.job.state, "value", self.job.state))
-        return (1 if state == "done" else 0, 1 if state in ("failed", "cancelled") else 0, 1)
-
-    def cancel(self) -> None:
-        self.job.cancel()
-
-
 def start(settings: RenderSettings, *, pool: Any, inputs: dict[str, str],
           on_event: Callable[[Any], None] | None = None) -> Any:
-    """Start the work the settings describe; returns a ``Batch`` or a ``JobWork``.
+    """Start the work the settings describe; returns a ``Batch``.
 
     ``inputs`` maps ``NODE.INPUT`` to a rendered frame pattern (range) or file (single frame,
-    iterations). Network calls happen here, so call it off the main thread.
+    iterations). A single frame is a one-frame sequence, so its file follows the output
+    pattern like any other frame. Network calls happen here, so call it off the main thread.
     """
     from comfy_cluster import run
 
     workflow = load_workflow(settings.workflow)
     values = parse_values(settings.values) or None
     target = settings.target_arg
-    if settings.mode is Mode.SINGLE:
-        from comfy_cluster.frames import FramePattern
-
-        output_dir = Path(FramePattern.parse(settings.output).format(settings.frame)).parent
-        job = run.submit(workflow, pool=pool, inputs=inputs, values=values, output_dir=output_dir, target=target)
-        return JobWork(job, settings.frame)
     if settings.mode is Mode.ITERATIONS:
         return run.iteration_submit(workflow, pool=pool, count=settings.iterations, output=settings.output,
                                     seed_mode=settings.seed_mode, inputs=inputs, values=values, target=target,
                                     on_event=on_event)
-    return run.animation_submit(workflow, pool=pool, frames=settings.frames, inputs=inputs, output=settings.output,
+    frames = str(settings.frame) if settings.mode is Mode.SINGLE else settings.frames
+    return run.animation_submit(workflow, pool=pool, frames=frames, inputs=inputs, output=settings.output,
                                 values=values, chunk=settings.chunk, target=target, on_event=on_event)
 
 
 def outcome(work: Any, timeout: float | None = None) -> Outcome:
     """Wait for the work and return what it produced; a cancel gives a partial outcome."""
-    if isinstance(work, JobWork):
-        try:
-            result = work.job.result(timeout=timeout)
-        except Cancelled:
-            return Outcome({}, {}, {}, cancelled=True)
-        except ComfyClusterError as err:
-            return Outcome({}, {work.frame: str(err)}, {})
-        return Outcome({work.frame: [Path(p) for p in result.outputs]}, {}, {result.server: 1})
     result = work.result(timeout=timeout)
     seeds = dict(getattr(work, "seeds", None) or {})
     return Outcome({int(k): [Path(p) for p in v] for k, v in result.frames.items()},

@@ -12,7 +12,7 @@ import requests
 
 from comfy_cluster._http import AnswerTooLarge, KeepAlivePool
 from comfy_cluster.comfy_api import ComfyClient, OutputImage, Timeouts
-from comfy_cluster.errors import ProtocolError, ServerTimeout, ServerUnavailable, TransferError
+from comfy_cluster.errors import ServerTimeout, ServerUnavailable, TransferError
 
 FAST = Timeouts(connect=1.0, read=2.0, transfer=2.0)
 OK_JSON = b'{"queue_running": [], "queue_pending": []}'

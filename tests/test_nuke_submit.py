@@ -181,13 +181,15 @@ def test_cancel_in_the_progress_bar_cancels_the_batch(session, cluster):
     assert core.active() == []
 
 
-def test_single_frame_uses_submit_and_reads_the_still(session, cluster):
+def test_single_frame_follows_the_output_pattern_and_reads_the_still(session, cluster):
     pool, _ = cluster
     nuke.frame(1003)
     node = make_render_node(session, s.Mode.SINGLE)
     submission = submit_nodes([node], pool=pool)[0]
     nuke.fake_run_main_thread(until=submission.finished.is_set, timeout=60)
     assert submission.outcome is not None and list(submission.outcome.frames) == [1003]
+    [still] = submission.outcome.frames[1003]
+    assert still.name == f"sh010_comp_v001_{node.name()}.1003.png"   # the node's output pattern, frame 1003
     read = nuke.toNode(f"{node.name()}_Read")
     assert read is not None
     out = pixels(Path(read["file"].value()))
