@@ -197,11 +197,21 @@ def test_single_frame_follows_the_output_pattern_and_reads_the_still(session, cl
     assert np.abs(out - (255 - plate)).max() <= 1
 
 
-def test_iterations_make_one_read_per_variation_in_a_row(session, cluster):
+NOISE = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "plate.png"}},
+    "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 7, "strength": 0.4}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "look"}},
+}
+
+
+def test_iterations_make_one_read_per_variation_labelled_with_its_seed(session, cluster):
     pool, _ = cluster
+    workflow = session["tmp"] / "noise_api.json"
+    workflow.write_text(json.dumps(NOISE))
     node = make_render_node(session, s.Mode.ITERATIONS)
+    node[s.KNOB_WORKFLOW].setValue(workflow.as_posix())
     node[s.KNOB_ITERATIONS].setValue(3)
-    node[s.KNOB_SEED_MODE].setValue("fixed")   # the emulated nodes have no seed input
+    node[s.KNOB_SEED_MODE].setValue("increment")
     submissions = submit_nodes([node], pool=pool)
     assert len(submissions) == 1, nuke.fake_messages
     nuke.fake_run_main_thread(until=submissions[0].finished.is_set, timeout=60)
@@ -209,6 +219,9 @@ def test_iterations_make_one_read_per_variation_in_a_row(session, cluster):
     found = [nuke.toNode(f"{node.name()}_Read_v{i}") for i in (1, 2, 3)]
     assert all(r is not None and Path(r["file"].value()).is_file() for r in found)
     assert len({r.xpos() for r in found}) == 3 and len({r["file"].value() for r in found}) == 3
+    assert [r["label"].value() for r in found] == ["seed 7", "seed 8", "seed 9"]
+    looks = [pixels(Path(r["file"].value())) for r in found]
+    assert not np.array_equal(looks[0], looks[1]) and not np.array_equal(looks[1], looks[2])
 
 
 def test_seed_labels_name_the_seed():
