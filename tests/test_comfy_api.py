@@ -8,7 +8,6 @@ import json
 import socket
 import struct
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,18 +38,10 @@ from comfy_cluster.errors import (
     TransferError,
     WorkflowRejected,
 )
+from tests.helpers import wait_until
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition with a deadline (no sleep-and-hope)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 # -- canned loopback servers, for shapes no real server produces on purpose ------------------

@@ -12,9 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.jobs import journal_path, read_journal
 from comfy_cluster.pool import ComfyUIServerPool
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,13 +34,6 @@ INVERT = {
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "comp"}},
 }
 
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _plates(folder: Path, frames: range, size: tuple[int, int] = (24, 16)) -> dict[int, np.ndarray]:
@@ -173,14 +165,14 @@ def test_client_killed_mid_batch_then_resume_renders_only_missing_frames(tmp_pat
             return len(read_journal(jpath).done_frames()) if jpath.exists() else 0
         client = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for(lambda: done_count() >= 8, 60, "8 frames journaled")
+            wait_until(lambda: done_count() >= 8, 60, "8 frames journaled")
         finally:
             client.send_signal(signal.SIGKILL)
             client.wait(10)
         done_before = {f for f, files in read_journal(jpath).done_frames().items() if all(p.is_file() for p in files)}
         assert 8 <= len(done_before) < 24
         # let prompts the dead client left on the servers finish, then count what the servers ran
-        _wait_for(lambda: all(requests.get(f"{p.url}/queue", timeout=5).json()["queue_running"] == []
+        wait_until(lambda: all(requests.get(f"{p.url}/queue", timeout=5).json()["queue_running"] == []
                               and requests.get(f"{p.url}/queue", timeout=5).json()["queue_pending"] == []
                               for p in servers), 30, "servers idle")
         prompts_before = sum(len(_history(p.url)) for p in servers)
@@ -210,7 +202,7 @@ def test_cancel_leaves_another_clients_prompts_alone(tmp_path):
             batch = run.animation_submit(INVERT, pool=pool, frames="1-10",
                                          inputs={"Plate.image": str(tmp_path / "plates" / "plate.####.png")},
                                          output=str(tmp_path / "out" / "c.####.png"), job_timeout=30)
-            _wait_for(lambda: sum(1 for t in batch.tasks() if t.attempts) >= 2, 20, "two prompts of ours sent")
+            wait_until(lambda: sum(1 for t in batch.tasks() if t.attempts) >= 2, 20, "two prompts of ours sent")
             ours = {a.prompt_id for t in batch.tasks() for a in t.attempts}
             batch.cancel()
             res = batch.result(timeout=30)
@@ -219,7 +211,7 @@ def test_cancel_leaves_another_clients_prompts_alone(tmp_path):
         queued_ids = {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
         assert not (queued_ids & ours)  # ours are gone from the queue
         # the other artist's prompts run to success
-        _wait_for(lambda: all(pid in _history(server.url) for pid in other), 20, "the other artist's prompts")
+        wait_until(lambda: all(pid in _history(server.url) for pid in other), 20, "the other artist's prompts")
         history = _history(server.url)
         assert all(history[pid]["status"]["status_str"] == "success" for pid in other)
     finally:

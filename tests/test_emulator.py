@@ -14,6 +14,7 @@ import websocket
 from PIL import Image
 
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
+from tests.helpers import wait_until
 
 TIMEOUT = 10.0
 
@@ -47,15 +48,6 @@ def run(url: str, prompt: dict, **body) -> dict:
     assert response.status_code == 200, response.text
     return wait_history(url, response.json()["prompt_id"])
 
-
-def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{what} not met within {timeout} s")
 
 
 def view(url: str, image: dict) -> np.ndarray:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fake_nuke import install, wait_until
+from tests.fake_nuke import install
+from tests.helpers import wait_until
 
 install()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_nuke import install, wait_until
+from tests.fake_nuke import install
+from tests.helpers import wait_until
 
 install()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication

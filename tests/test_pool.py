@@ -24,7 +24,9 @@ from comfy_cluster.errors import MissingNodes
 from comfy_cluster.pool import ComfyUIServerPool, PoolEvent, PoolSnapshot, Strategy
 from comfy_cluster.server import PROBE_TIMEOUTS, ServerState
 
-from .test_server import OTHER_ARTIST, config_for, drain, graph, wait_for
+from tests.helpers import wait_until
+
+from .test_server import OTHER_ARTIST, config_for, drain, graph
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
 POLL = 0.25
@@ -81,8 +83,8 @@ def test_least_loaded_avoids_a_server_full_of_other_artists_work(configs, emus) 
         for _ in range(3):
             other.submit(graph(), client_id=OTHER_ARTIST)
     with make_pool(configs) as pool:
-        assert wait_for(lambda: pool.get_server_by_name("gpu-01").queue_pending == 2)
-        assert wait_for(lambda: online(pool, "gpu-02", "gpu-03"))
+        assert wait_until(lambda: pool.get_server_by_name("gpu-01").queue_pending == 2)
+        assert wait_until(lambda: online(pool, "gpu-02", "gpu-03"))
         leases = [pool.acquire() for _ in range(4)]
         names = sorted(lease.backend.name for lease in leases)
         assert names == ["gpu-02", "gpu-02", "gpu-03", "gpu-03"]   # all unmeasured: same speed
@@ -96,7 +98,7 @@ def test_least_loaded_avoids_a_server_full_of_other_artists_work(configs, emus) 
 
 def test_measured_speed_decides(configs) -> None:
     with make_pool(configs) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         for name in SPEEDS:   # one real job each measures every server
             lease = pool.acquire(target=name)
             result = lease.backend.run_prompt(PromptRequest(uuid.uuid4().hex, graph(color=hash(name) & 0xFFFFFF)),
@@ -112,7 +114,7 @@ def test_measured_speed_decides(configs) -> None:
 
 def test_fifty_threads_at_once_never_overfill(configs) -> None:
     with make_pool(configs) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         barrier = threading.Barrier(50)
 
         def grab(_: int):
@@ -134,11 +136,11 @@ def test_priority_and_round_robin_strategies(configs) -> None:
     configs = [configs[0].model_copy(update={"priority": 3}), configs[1].model_copy(update={"priority": 1}),
                configs[2].model_copy(update={"priority": 2})]
     with make_pool(configs) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         got = [pool.acquire(strategy="priority").backend.name for _ in range(6)]
         assert got == ["gpu-02", "gpu-02", "gpu-03", "gpu-03", "gpu-01", "gpu-01"]
     with make_pool(configs, strategy=Strategy.ROUND_ROBIN) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         rr = []
         for _ in range(6):
             lease = pool.acquire()
@@ -149,17 +151,17 @@ def test_priority_and_round_robin_strategies(configs) -> None:
 
 def test_max_queue_and_wait_for_change(configs) -> None:
     with make_pool([configs[0].model_copy(update={"max_queue": 1})]) as pool:
-        assert wait_for(lambda: online(pool, "gpu-01"))
+        assert wait_until(lambda: online(pool, "gpu-01"))
         lease = pool.acquire()
         assert lease is not None and pool.acquire() is None
         threading.Timer(0.1, lease.release).start()
         assert pool.wait_for_change(5)
-        assert wait_for(lambda: lease.released) and pool.acquire() is not None
+        assert wait_until(lambda: lease.released) and pool.acquire() is not None
 
 
 def test_target_and_exclude(configs) -> None:
     with make_pool(configs) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         assert pool.acquire(target="gpu-03").backend.name == "gpu-03"
         assert pool.acquire(exclude={"gpu-01", "gpu-02"}).backend.name == "gpu-03"
         assert pool.acquire(exclude={"gpu-01", "gpu-02"}) is None
@@ -176,14 +178,14 @@ def test_capability_filter_and_missing_nodes(configs, tmp_path: Path) -> None:
     with EmulatorThread(node_classes=["EmptyImage", "ImageInvert", "SaveImage"], name="old-box") as old:
         old_cfg = config_for(old.url, "old-box", priority=0)
         with make_pool([old_cfg]) as pool:
-            assert wait_for(lambda: online(pool, "old-box"))
+            assert wait_until(lambda: online(pool, "old-box"))
             with pytest.raises(MissingNodes) as info:
                 pool.acquire({"ImageBlur", "EmptyImage"})
             assert info.value.missing == {"ImageBlur"} and "old-box" in str(info.value)
             assert "ImageBlur" in str(info.value)
             assert pool.acquire({"EmptyImage"}).backend.name == "old-box"
         with make_pool([old_cfg, configs[2]]) as pool:
-            assert wait_for(lambda: online(pool, "old-box", "gpu-03"))
+            assert wait_until(lambda: online(pool, "old-box", "gpu-03"))
             assert pool.get_available_server(workflow=blur).name == "gpu-03"
             leases = [pool.acquire(blur) for _ in range(3)]
             assert [lease and lease.backend.name for lease in leases] == ["gpu-03", "gpu-03", None]
@@ -200,19 +202,19 @@ def test_killed_server_offline_within_bound_and_back_after_restart(tmp_path: Pat
         pool.subscribe(rec)
         with pool:
             server = pool.get_server_by_name("gpu-07")
-            assert wait_for(lambda: online(pool, "gpu-07"))
+            assert wait_until(lambda: online(pool, "gpu-07"))
             lost = server.lost
             killed = time.monotonic()
             proc.kill()
-            assert wait_for(lambda: server.state is ServerState.OFFLINE, 5)
+            assert wait_until(lambda: server.state is ServerState.OFFLINE, 5)
             bound = 2 * POLL + PROBE_TIMEOUTS.connect
             assert time.monotonic() - killed <= bound
             assert lost.is_set() and pool.acquire() is None
-            assert wait_for(lambda: rec.first("offline", "gpu-07"))
+            assert wait_until(lambda: rec.first("offline", "gpu-07"))
             proc.restart()
-            assert wait_for(lambda: online(pool, "gpu-07"), 10)
+            assert wait_until(lambda: online(pool, "gpu-07"), 10)
             assert not server.lost.is_set()
-            assert wait_for(lambda: rec.first("online", "gpu-07", after=rec.first("offline", "gpu-07")))
+            assert wait_until(lambda: rec.first("online", "gpu-07", after=rec.first("offline", "gpu-07")))
             assert pool.acquire() is not None
     finally:
         proc.stop()
@@ -220,7 +222,7 @@ def test_killed_server_offline_within_bound_and_back_after_restart(tmp_path: Pat
 
 def test_readers_never_wait_on_a_slow_server(configs, emus) -> None:
     with make_pool(configs) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         emus["gpu-02"].set_faults(delay_s=1.5)
         try:
             started = time.monotonic()
@@ -240,7 +242,7 @@ def test_websocket_status_updates_counts_between_polls(configs, emus) -> None:
     pool = make_pool(configs[:1], poll_interval=60.0)
     with pool:
         server = pool.get_server_by_name("gpu-01")
-        assert wait_for(lambda: online(pool, "gpu-01"))
+        assert wait_until(lambda: online(pool, "gpu-01"))
         with pool.acquire() as lease:   # starts this server's tracker
             lease.backend.run_prompt(PromptRequest(uuid.uuid4().hex, graph(color=7)),
                                      on_event=lambda k, d: None, cancel=threading.Event())
@@ -249,7 +251,7 @@ def test_websocket_status_updates_counts_between_polls(configs, emus) -> None:
         with ComfyClient(emus["gpu-01"].url, timeouts=FAST) as other:
             other.submit(graph(), client_id=OTHER_ARTIST)
             other.submit(graph(), client_id=OTHER_ARTIST)
-        assert wait_for(lambda: server.queue_running + server.queue_pending == 2, 5)
+        assert wait_until(lambda: server.queue_running + server.queue_pending == 2, 5)
         assert server.state is ServerState.BUSY and server.last_status_check == checked   # no poll happened
 
 
@@ -261,9 +263,9 @@ def test_membership_at_run_time(configs) -> None:
     rec = Recorder()
     pool.subscribe(rec)
     with pool:
-        assert wait_for(lambda: online(pool, "gpu-01"))
+        assert wait_until(lambda: online(pool, "gpu-01"))
         pool.add_server(configs[1].model_copy(update={"priority": 0}))
-        assert wait_for(lambda: online(pool, "gpu-02"))
+        assert wait_until(lambda: online(pool, "gpu-02"))
         assert pool.get_available_server().name == "gpu-02"
         pool.disable("gpu-02")
         assert pool.get_server_by_name("gpu-02").state is ServerState.DISABLED
@@ -275,7 +277,7 @@ def test_membership_at_run_time(configs) -> None:
         assert [s.name for s in pool.servers] == ["gpu-02"]
         with pytest.raises(ValueError):
             pool.add_server(configs[1])
-        assert wait_for(lambda: {("added", "gpu-02"), ("changed", "gpu-02"), ("removed", "gpu-01")}
+        assert wait_until(lambda: {("added", "gpu-02"), ("changed", "gpu-02"), ("removed", "gpu-01")}
                         <= {(e.kind, e.server) for _, e in rec.events})
 
 
@@ -290,12 +292,12 @@ def test_load_configuration_adds_removes_updates(configs) -> None:
         pool.load_configuration(env([configs[1].model_copy(update={"priority": 7}), configs[2]]))
         assert [s.name for s in pool.servers] == ["gpu-02", "gpu-03"]
         assert pool.get_server_by_name("gpu-02") is kept and kept.priority == 7
-        assert wait_for(lambda: online(pool, "gpu-02", "gpu-03"))
+        assert wait_until(lambda: online(pool, "gpu-02", "gpu-03"))
 
 
 def test_snapshot_round_trips_through_json(configs) -> None:
     with make_pool(configs) as pool:
-        assert wait_for(lambda: online(pool, *SPEEDS))
+        assert wait_until(lambda: online(pool, *SPEEDS))
         snap = pool.snapshot()
         data = json.loads(json.dumps(snap.to_dict()))
         assert data == snap.to_dict() and PoolSnapshot.from_dict(data) == snap
@@ -353,7 +355,7 @@ def test_runpod_overflow(configs) -> None:
     burst.release(ok=False)
     with pool:
         assert runpod.running
-        assert wait_for(lambda: online(pool, "gpu-03"))
+        assert wait_until(lambda: online(pool, "gpu-03"))
         server = pool.get_server_by_name("gpu-03")
         server.record_result(0.6, ok=True)
         local = pool.acquire()

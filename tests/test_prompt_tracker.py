@@ -26,18 +26,10 @@ from comfy_cluster.errors import (
     JobTimeout,
     ServerUnavailable,
 )
+from tests.helpers import wait_until
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
 
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    """Poll a condition with a deadline (tests never sleep-and-hope)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class ScriptedComfy:
@@ -142,9 +134,9 @@ def test_frames_are_routed_by_prompt_and_garbage_is_skipped(scripted) -> None:
         assert tracker.wait_connected(5)
         watch = tracker.watch("p-1", on_event=events.append)   # events seen before this are replayed
         entry = watch.wait(5)
-        assert wait_for(lambda: statuses == [1, 0])
+        assert wait_until(lambda: statuses == [1, 0])
         late = tracker.watch("p-2")
-        assert wait_for(lambda: late._stream_complete)      # the buffered execution_start was replayed
+        assert wait_until(lambda: late._stream_complete)      # the buffered execution_start was replayed
         late.close()
     assert links[0] is True
     assert json.loads(server.received[0]) == {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
@@ -301,7 +293,7 @@ def test_socket_drop_mid_job_still_completes(emu, client) -> None:
         assert started.wait(5)
         assert emu.drop_websockets() >= 1
         entry = watch.wait(10)
-        assert wait_for(lambda: links[-2:] == [False, True])     # dropped, then reconnected
+        assert wait_until(lambda: links[-2:] == [False, True])     # dropped, then reconnected
     assert [i.filename for i in entry.images] == ["dropped_00001_.png"]
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -22,20 +22,11 @@ from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import Cancelled, JobTimeout, MissingNodes, ServerUnavailable
 from comfy_cluster.server import EWMA_ALPHA, ComfyUIServer, ServerState, ServerStatus
+from tests.helpers import wait_until
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
 OTHER_ARTIST = "other-artist-" + uuid.uuid4().hex[:6]
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll a condition with a deadline; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    return predicate()
 
 
 def graph(color: int = 0x204060, prefix: str = "shot010_comp") -> dict:
@@ -64,7 +55,7 @@ def drain(emu: Any) -> None:
     with ComfyClient(emu.url, timeouts=FAST) as client:
         queue = client.get_queue()
         client.delete_pending([e.prompt_id for e in queue.pending])
-        assert wait_for(lambda: client.queue_remaining() == 0), "emulator did not drain"
+        assert wait_until(lambda: client.queue_remaining() == 0), "emulator did not drain"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +109,7 @@ def test_busy_when_the_queue_holds_someone_elses_work(server: ComfyUIServer, emu
     with ComfyClient(emu.url, timeouts=FAST) as other:
         other.submit(graph(), client_id=OTHER_ARTIST)
         other.submit(graph(), client_id=OTHER_ARTIST)
-    status = wait_for(lambda: (s := server.update_status()).queue_running == 1 and s)
+    status = wait_until(lambda: (s := server.update_status()).queue_running == 1 and s)
     assert status.state is ServerState.BUSY and status.queue_pending == 1
     assert server.is_available()  # busy servers still take work
     assert server.predicted_finish(1, default_seconds=2.0) == pytest.approx(3 * 2.0)
@@ -226,7 +217,7 @@ def test_predicted_finish_counts_our_prompt_once(server: ComfyUIServer, emu: Emu
     assert server.predicted_finish(0, default_seconds=1.0) == 1.0   # unseen: ours only
     cancel = threading.Event()
     box = run_async(server, PromptRequest(uuid.uuid4().hex, graph()), cancel)
-    wait_for(lambda: server.update_status().queue_running == 1)
+    wait_until(lambda: server.update_status().queue_running == 1)
     assert server.predicted_finish(0, default_seconds=1.0) == 1.0   # seen: the server's count only
     cancel.set()
     box["thread"].join(10)
@@ -239,18 +230,18 @@ def test_cancel_pending_leaves_another_artists_prompt_alone(server: ComfyUIServe
     emu.set_faults(hang=True)
     with ComfyClient(emu.url, timeouts=FAST) as other:
         theirs = other.submit(graph(), client_id=OTHER_ARTIST).prompt_id
-        assert wait_for(lambda: [e.prompt_id for e in other.get_queue().running] == [theirs])
+        assert wait_until(lambda: [e.prompt_id for e in other.get_queue().running] == [theirs])
         ours = uuid.uuid4().hex
         cancel = threading.Event()
         box = run_async(server, PromptRequest(ours, graph()), cancel)
-        assert wait_for(lambda: ours in [e.prompt_id for e in other.get_queue().pending])
+        assert wait_until(lambda: ours in [e.prompt_id for e in other.get_queue().pending])
         cancel.set()
         box["thread"].join(10)
         assert isinstance(box.get("error"), Cancelled)
         queue = other.get_queue()
         assert [e.prompt_id for e in queue.running] == [theirs] and queue.pending == []
         emu.set_faults(hang=False)
-        entry = wait_for(lambda: other.get_history(theirs))
+        entry = wait_until(lambda: other.get_history(theirs))
         assert entry.status_str == "success"
         assert other.get_history(ours) is None
 
@@ -262,16 +253,16 @@ def test_cancel_running_interrupts_only_ours(server: ComfyUIServer, emu: Emulato
         ours = uuid.uuid4().hex
         cancel = threading.Event()
         box = run_async(server, PromptRequest(ours, graph()), cancel)
-        assert wait_for(lambda: [e.prompt_id for e in other.get_queue().running] == [ours])
+        assert wait_until(lambda: [e.prompt_id for e in other.get_queue().running] == [ours])
         theirs = other.submit(graph(), client_id=OTHER_ARTIST).prompt_id
         cancel.set()
         box["thread"].join(10)
         assert isinstance(box.get("error"), Cancelled)
-        entry = wait_for(lambda: other.get_history(ours))
+        entry = wait_until(lambda: other.get_history(ours))
         assert entry.status_str == "error"
         assert any(m[0] == "execution_interrupted" for m in entry.messages)
         emu.set_faults(hang=False)
-        assert wait_for(lambda: other.get_history(theirs)).status_str == "success"
+        assert wait_until(lambda: other.get_history(theirs)).status_str == "success"
 
 
 def test_timeout_interrupts_and_raises(server: ComfyUIServer, emu: EmulatorThread) -> None:
@@ -282,7 +273,7 @@ def test_timeout_interrupts_and_raises(server: ComfyUIServer, emu: EmulatorThrea
         server.run_prompt(PromptRequest(pid, graph(), timeout=0.5), on_event=lambda k, d: None,
                           cancel=threading.Event())
     with ComfyClient(emu.url, timeouts=FAST) as client:
-        assert wait_for(lambda: client.get_history(pid)).status_str == "error"
+        assert wait_until(lambda: client.get_history(pid)).status_str == "error"
 
 
 def test_killed_server_goes_offline_and_the_running_prompt_is_lost(tmp_path: Path) -> None:
@@ -293,7 +284,7 @@ def test_killed_server_goes_offline_and_the_running_prompt_is_lost(tmp_path: Pat
         lost = srv.lost
         proc.set_faults(hang=True)
         box = run_async(srv, PromptRequest(uuid.uuid4().hex, graph()), threading.Event())
-        assert wait_for(lambda: srv.update_status().queue_running == 1)
+        assert wait_until(lambda: srv.update_status().queue_running == 1)
         proc.kill()
         assert srv.update_status().state is ServerState.OFFLINE   # refused: no waiting
         assert lost.is_set()
@@ -301,7 +292,7 @@ def test_killed_server_goes_offline_and_the_running_prompt_is_lost(tmp_path: Pat
         assert isinstance(box.get("error"), ServerUnavailable)
         assert "gpu-09" in str(box["error"])
         proc.restart()
-        assert wait_for(lambda: srv.update_status().state is ServerState.ONLINE)
+        assert wait_until(lambda: srv.update_status().state is ServerState.ONLINE)
         assert not srv.lost.is_set() and srv.lost is not lost
     finally:
         srv.close()
