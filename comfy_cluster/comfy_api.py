@@ -18,6 +18,7 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import mimetypes
 import os
 import re
@@ -1069,6 +1070,30 @@ class PromptWatch:
         return entry
 
 
+class _ReadAheadSocket:
+    """A plain socket whose ``recv`` reads ahead.
+
+    websocket-client asks for each frame's header, length and payload in separate exact-size
+    reads: three system calls per message, about forty per prompt. ComfyUI sends a prompt's
+    messages in bursts, so one 64 KiB read usually serves the whole burst.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+
+    def recv(self, bufsize: int) -> bytes:
+        if not self._buf:
+            self._buf = self._sock.recv(65536)
+            if not self._buf:
+                return b""
+        data, self._buf = self._buf[:bufsize], self._buf[bufsize:]
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class PromptTracker:
     """One websocket per (server, client id) on a daemon thread, reconnecting with backoff.
 
@@ -1180,6 +1205,8 @@ class PromptTracker:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_min
+            if not isinstance(ws.sock, ssl.SSLSocket):
+                ws.sock = _ReadAheadSocket(ws.sock)
             self._ws = ws
             try:
                 ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
