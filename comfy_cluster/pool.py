@@ -418,8 +418,13 @@ class ComfyUIServerPool:
                                server=known[0].name if len(known) == 1 else None)
 
     def _select(self, classes: frozenset[str], strategy: Strategy, target: str | None,
-                exclude: frozenset[str]) -> Any:
-        """The backend for the next prompt, under the lock; None when no slot is free."""
+                exclude: frozenset[str], wait_for_faster: bool = False) -> Any:
+        """The backend for the next prompt, under the lock; None when no slot is free.
+
+        With ``wait_for_faster`` (the last frames of a batch) a free slot is declined when a
+        server whose slots are full would still finish the prompt sooner: at the tail, the
+        last frame on an idle slow GPU is what makes the whole render late.
+        """
         scope = self._scope(target)
         runpod = self.runpod if (self.runpod is not None and target in (None, "auto", "runpod")
                                  and self.runpod.name not in exclude) else None
@@ -433,6 +438,10 @@ class ComfyUIServerPool:
         ready = [s for s in scope if s.name not in exclude and s.is_available(classes)]
         free = [s for s in ready if s.in_flight < s.max_queue]
         best = self._best(free, strategy, default)
+        if wait_for_faster and best is not None and strategy is Strategy.LEAST_LOADED:
+            finish = best.predicted_finish(1, default_seconds=default)
+            if any(s.predicted_finish(1, default_seconds=default) < finish for s in ready if s not in free):
+                return None
         if runpod is None or not runpod_ok:
             return best
         if best is not None and best.predicted_finish(1, default_seconds=default) <= runpod.overflow_after_s:
@@ -455,15 +464,18 @@ class ComfyUIServerPool:
         return choice
 
     def acquire(self, classes: Iterable[str] | Any = frozenset(), *, strategy: Strategy | str | None = None,
-                target: str | None = None, exclude: Iterable[str] = ()) -> Lease | None:
+                target: str | None = None, exclude: Iterable[str] = (),
+                wait_for_faster: bool = False) -> Lease | None:
         """Reserve a slot on the best backend for a prompt using ``classes``; None if none is free.
 
-        Raises MissingNodes when no known server has the node classes, ValueError for an
-        unknown ``target``.
+        ``wait_for_faster``: decline a free slot when a busy server would finish sooner (for
+        a batch's last frames; see ``_select``). Raises MissingNodes when no known server has
+        the node classes, ValueError for an unknown ``target``.
         """
         chosen_strategy = Strategy(strategy) if strategy is not None else self.strategy
         with self._cond:
-            backend = self._select(_classes_of(classes), chosen_strategy, target, frozenset(exclude))
+            backend = self._select(_classes_of(classes), chosen_strategy, target, frozenset(exclude),
+                                   wait_for_faster)
             if backend is None:
                 return None
             if isinstance(backend, ComfyUIServer):

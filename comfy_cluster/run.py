@@ -83,7 +83,8 @@ class _Pool(Protocol):
     def backends(self) -> Sequence[Any]: ...
 
     def acquire(self, classes: frozenset[str] = frozenset(), *, strategy: str = "least_loaded",
-                target: str | None = None, exclude: Iterable[str] = ()) -> _Lease | None: ...
+                target: str | None = None, exclude: Iterable[str] = (),
+                wait_for_faster: bool = False) -> _Lease | None: ...
 
     def wait_for_change(self, timeout: float) -> bool: ...
 
@@ -357,9 +358,11 @@ class Batch:
         return out
 
     def _lease(self, candidates: list[FrameTask]) -> tuple[FrameTask, _Lease] | None:
+        # The last frames wait for a faster busy server rather than start late on a slow one.
+        tail = len(self._pending) < len(self._pool.backends)
         for task in candidates:
             lease = self._pool.acquire(self._plan.classes, strategy=self._strategy, target=self._target,
-                                       exclude=self._exclude(task))
+                                       exclude=self._exclude(task), wait_for_faster=tail)
             if lease is not None:
                 return task, lease
         return None

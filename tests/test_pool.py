@@ -112,6 +112,23 @@ def test_measured_speed_decides(configs) -> None:
         assert pool.acquire().backend.name == "gpu-02"           # gpu-01 is at max_queue
 
 
+def test_the_last_frames_wait_for_a_faster_busy_server(configs) -> None:
+    """At a batch's tail an idle slow GPU would finish a frame later than a full fast one."""
+    with make_pool(configs) as pool:
+        assert wait_until(lambda: online(pool, *SPEEDS))
+        for name, seconds in (("gpu-01", 0.05), ("gpu-02", 0.3), ("gpu-03", 0.6)):
+            pool.get_server_by_name(name).record_result(seconds, ok=True)
+        held = [pool.acquire(target="gpu-01"), pool.acquire(target="gpu-01")]     # gpu-01 full: 3 x 0.05 s
+        assert pool.acquire(wait_for_faster=True) is None                        # gpu-02 idle: 0.3 s, later
+        second = pool.acquire()                                                   # in steady state it is used
+        assert second.backend.name == "gpu-02"
+        held[0].release(seconds=0.05)
+        tail = pool.acquire(wait_for_faster=True)                                 # a slot of the fast one
+        assert tail.backend.name == "gpu-01"
+        for lease in (held[1], second, tail):
+            lease.release(seconds=None)
+
+
 def test_fifty_threads_at_once_never_overfill(configs) -> None:
     with make_pool(configs) as pool:
         assert wait_until(lambda: online(pool, *SPEEDS))

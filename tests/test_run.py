@@ -116,7 +116,7 @@ class FakePool:
         self.acquires: list[tuple[str | None, frozenset[str]]] = []
         self._cond = threading.Condition()
 
-    def acquire(self, classes=frozenset(), *, strategy="least_loaded", target=None, exclude=()):
+    def acquire(self, classes=frozenset(), *, strategy="least_loaded", target=None, exclude=(), wait_for_faster=False):
         if self.missing is not None:
             raise self.missing
         with self._cond:
