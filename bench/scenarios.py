@@ -7,7 +7,11 @@ here with plain ``ComfyClient`` / ``PromptTracker`` calls, not with the library'
 
 from __future__ import annotations
 
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,13 +22,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import psutil
+import requests
 
 from comfy_cluster import run
 from comfy_cluster.comfy_api import ComfyClient, PromptTracker
-from comfy_cluster.config import ServerConfig
+from comfy_cluster.config import RunPodConfig, ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.jobs import BatchEvent, journal_path, read_journal
+from comfy_cluster.ledger import CostLedger
 from comfy_cluster.pool import ComfyUIServerPool
+from comfy_cluster.runpod import RunPodEndpoint
 from comfy_cluster.server import ServerState
 
 #: One cheap frame: an 8x8 image, saved. The simulated GPU time is the emulator's seconds_per_job.
@@ -73,11 +80,12 @@ def stop_servers(procs: Sequence[EmulatorProcess]) -> None:
         proc.stop()
 
 
-def make_pool(procs: Sequence[EmulatorProcess], poll: float = 1.0, **kw: Any) -> ComfyUIServerPool:
-    """A started pool over ``procs``, returned once every server is online."""
+def make_pool(procs: Sequence[EmulatorProcess], poll: float = 1.0, runpod: Any = None,
+              **kw: Any) -> ComfyUIServerPool:
+    """A started pool over ``procs`` (and a RunPod backend), returned once every server is online."""
     configs = [ServerConfig(name=p.name, ip="127.0.0.1", port=port, **kw)
                for p in procs for port in (p.ports or [p.port])]
-    pool = ComfyUIServerPool(configs, poll_interval=poll, environ={}).start()
+    pool = ComfyUIServerPool(configs, poll_interval=poll, environ={}, runpod=runpod).start()
     deadline = time.monotonic() + 60
     while not all(s.state in (ServerState.ONLINE, ServerState.BUSY) for s in pool.servers):
         if time.monotonic() > deadline:
@@ -401,6 +409,81 @@ def failover(base: Path, runs: int, frames: int = 120, speeds: Sequence[float] =
                    f"<= {goal:.1f}", statistics.median(recovery) <= goal, note=note),
             Metric("5 failover", "frames lost", "frames", lost, "0", max(lost) == 0),
             Metric("5 failover", "frames duplicated", "frames", duplicated, "0", max(duplicated) == 0)]
+
+
+RUNPOD_KEY = "bench-runpod-key"
+RUNPOD_ENDPOINT = "bench-overflow"
+
+
+def start_runpod(base: Path, workers: int, seconds_per_job: float, cold_start: float) -> tuple[subprocess.Popen, str]:
+    """The RunPod emulator in its own process; returns it and its URL once /health answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(base / "runpod-emulator.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfy_cluster.emulator.runpod", "--port", str(port), "--workers", str(workers),
+         "--endpoint-id", RUNPOD_ENDPOINT, "--seconds-per-job", str(seconds_per_job), "--cold-start", str(cold_start)],
+        env={**os.environ, "RUNPOD_API_KEY": RUNPOD_KEY}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/v2/{RUNPOD_ENDPOINT}/health", timeout=2,
+                            headers={"Authorization": f"Bearer {RUNPOD_KEY}"}).ok:
+                return proc, url
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"bench: the RunPod emulator did not come up (see {base / 'runpod-emulator.log'})")
+
+
+def overflow(base: Path, runs: int, frames: int = 60, local: Sequence[float] = (0.4, 0.4), workers: int = 4,
+             cloud_seconds: float = 0.4, cold_start: float = 1.0) -> list[Metric]:
+    """Scenario 6: local servers saturated, the overflow bursts to an emulated RunPod endpoint,
+    against the same local servers alone, measured in the same run."""
+    procs = start_servers(local, base, prefix="ov")
+    cloud, url = start_runpod(base, workers, cloud_seconds, cold_start)
+    alone, burst, cost, on_runpod = [], [], [], []
+    try:
+        for i in range(runs):
+            pool = make_pool(procs, poll=1.0)
+            try:
+                wall, _, _ = render(pool, frames, base / f"ov-local-{i}")
+            finally:
+                pool.close()
+            alone.append(wall)
+            ledger = CostLedger(base / f"ov-ledger-{i}", environ={})
+            cfg = RunPodConfig(endpoint_id=RUNPOD_ENDPOINT, base_url=f"{url}/v2/{RUNPOD_ENDPOINT}",
+                               max_concurrent=workers, overflow_after_s=0.5, status_poll_min=0.1,
+                               status_poll_max=1.0)
+            endpoint = RunPodEndpoint(cfg, environ={"RUNPOD_API_KEY": RUNPOD_KEY}, ledger=ledger, poll_interval=1.0)
+            pool = make_pool(procs, poll=1.0, runpod=endpoint)
+            try:
+                wall, _, result = render(pool, frames, base / f"ov-burst-{i}")
+            finally:
+                pool.close()
+            burst.append(wall)
+            cost.append(ledger.spend_today())
+            on_runpod.append(result.by_server.get(endpoint.name, 0))
+    finally:
+        cloud.kill()
+        cloud.wait(timeout=10)
+        stop_servers(procs)
+    note = (f"{frames} frames; local: {len(local)} servers at {list(local)} s per frame (max_queue 2); RunPod: "
+            f"{workers} workers at {cloud_seconds} s per job plus a {cold_start} s cold start, overflow_after_s 0.5, "
+            f"price ${cfg.price_per_second}/s of executionTime; frames sent to RunPod per run: {on_runpod}")
+    speedup = [a / b for a, b in zip(alone, burst)]
+    return [
+        Metric("6 overflow", "makespan, local saturated + RunPod overflow", "s", burst,
+               f"< local alone ({statistics.median(alone):.1f} s)", statistics.median(burst) < statistics.median(alone),
+               {"local alone": statistics.median(alone)}, note),
+        Metric("6 overflow", "speed-up against local alone", "x", speedup, "> 1", statistics.median(speedup) > 1),
+        Metric("6 overflow", "RunPod cost of the overflow", "USD", cost, "", None),
+    ]
 
 
 def temp_dir() -> tempfile.TemporaryDirectory:
