@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
 import threading
 import time
@@ -379,3 +380,67 @@ def test_killed_server_without_lost_signal_still_ends_the_wait() -> None:
             assert time.monotonic() - begun < 3.0
     finally:
         proc.stop()
+
+
+def _frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"") -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    flag = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([flag | n])
+    elif n < 1 << 16:
+        head += bytes([flag | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([flag | 127]) + n.to_bytes(8, "big")
+    body = bytes(b ^ mask[k % 4] for k, b in enumerate(payload)) if mask else payload
+    return head + mask + body
+
+
+def test_frame_reader_handles_lengths_fragments_control_frames_and_masks() -> None:
+    from comfy_cluster.comfy_api import _FrameReader
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(2)
+        medium, large = b"m" * 300, b"L" * 70_000
+        theirs.sendall(_frame(1, b'{"type": "status"}')
+                       + _frame(1, medium) + _frame(2, large)
+                       + _frame(1, b'{"a":', fin=False) + _frame(9, b"ping!") + _frame(0, b' 1}')
+                       + _frame(1, b"masked text", mask=b"\x01\x02\x03\x04")
+                       + _frame(8, b"\x03\xe8"))
+        reader = _FrameReader(ours)
+        got = [reader.next() for _ in range(7)]
+    assert got == [(1, b'{"type": "status"}'), (1, medium), (2, large), (9, b"ping!"), (1, b'{"a": 1}'),
+                   (1, b"masked text"), (8, b"\x03\xe8")]
+
+
+def test_frame_reader_resumes_a_frame_split_across_a_timeout() -> None:
+    from comfy_cluster.comfy_api import _FrameReader
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(0.2)
+        whole = _frame(1, b'{"type": "executing", "data": {"node": null}}')
+        theirs.sendall(whole[:5])
+        reader = _FrameReader(ours)
+        with pytest.raises(socket.timeout):
+            reader.next()
+        theirs.sendall(whole[5:])
+        assert reader.next() == (1, b'{"type": "executing", "data": {"node": null}}')
+
+
+def test_frame_reader_refuses_absurd_frames_and_notices_a_close() -> None:
+    from comfy_cluster.comfy_api import _FrameReader
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(2)
+        theirs.sendall(bytes([0x81, 127]) + (1 << 40).to_bytes(8, "big"))
+        with pytest.raises(ValueError, match="websocket frame of"):
+            _FrameReader(ours).next()
+    ours, theirs = socket.socketpair()
+    with ours:
+        ours.settimeout(2)
+        theirs.close()
+        with pytest.raises(ConnectionResetError):
+            _FrameReader(ours).next()
