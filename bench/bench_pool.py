@@ -4,7 +4,8 @@ Run: ``python -m bench.bench_pool`` (or ``python bench/bench_pool.py``) from the
 The 100 servers live in ONE child process (``python -m comfy_cluster.emulator --count 100``),
 so the CPU measured here is the client's alone: the monitor polling every server each
 second, then ``acquire`` + ``release`` with 100 candidates. Goals: monitor < 5 % of one
-core, selection < 1 ms. Writes ``bench/results_pool.json``.
+core, selection < 1 ms. ``python -m bench`` runs it as scenario 3 and records the numbers in
+``bench/RESULTS.md``; run alone, it prints them and writes ``bench/results_pool.json``.
 """
 
 from __future__ import annotations
