@@ -79,21 +79,13 @@ def upload_config(emu: EmulatorThread, name: str) -> ServerConfig:
 
 
 @pytest.fixture
-def emu() -> Iterator[EmulatorThread]:
-    server = EmulatorThread(name="gpu-01").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def emu(emulator_thread_factory) -> EmulatorThread:
+    return emulator_thread_factory(name="gpu-01")
 
 
 @pytest.fixture
-def emu2() -> Iterator[EmulatorThread]:
-    server = EmulatorThread(name="gpu-02").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def emu2(emulator_thread_factory) -> EmulatorThread:
+    return emulator_thread_factory(name="gpu-02")
 
 
 # --- content names ---
