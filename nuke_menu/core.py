@@ -114,13 +114,10 @@ def parse_values(lines: tuple[str, ...]) -> dict[str, Any]:
 def reachability_problem(pool: Any, target: str | None) -> str | None:
     """None if the target (or, for auto, at least one backend) can take work now.
 
-    Reads the status cache; if nothing looks ready, refreshes it once (network, bounded by
-    the pool's timeouts) before giving up, so a freshly started pool is not refused.
+    Reads only the status cache (this runs on Nuke's main thread: no network). A server the
+    monitor has not probed yet counts as reachable: the batch waits for a free slot anyway,
+    and refusing a submit because the pool started a second ago would be wrong.
     """
-    problem = _reachability(pool.snapshot(), target)
-    if problem is None:
-        return None
-    pool.update_all_server_status()
     return _reachability(pool.snapshot(), target)
 
 
@@ -138,10 +135,11 @@ def _reachability(snapshot: Any, target: str | None) -> str | None:
             return f"target: no server named {target!r} (known: {', '.join(sorted(servers)) or 'none'})"
         if not server.enabled:
             return f"target: server {target!r} is disabled"
-        if _state(server) not in READY_STATES:
+        if _state(server) not in READY_STATES and server.last_status_check is not None:
             return f"target: server {target!r} is {_state(server)} ({server.last_error or 'no answer'})"
         return None
-    if runpod_ok or any(s.enabled and _state(s) in READY_STATES for s in servers.values()):
+    if runpod_ok or any(s.enabled and (_state(s) in READY_STATES or s.last_status_check is None)
+                        for s in servers.values()):
         return None
     lines = [f"{s.name} ({s.address}): {_state(s)}" for s in servers.values()]
     return "no backend is reachable: " + ("; ".join(lines) or "no servers configured")

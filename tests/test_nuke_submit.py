@@ -137,6 +137,8 @@ def test_validation_shows_every_problem_at_once_and_sends_nothing(session, tmp_p
     dead = ServerConfig(name="gpu-dead", ip="127.0.0.1", port=9)
     pool = ComfyUIServerPool([dead], poll_interval=5).start()
     try:
+        # the submit reads the status cache only (no network on Nuke's main thread)
+        wait_until(lambda: pool.snapshot().servers[0].last_status_check is not None, what="first probe")
         node = make_render_node(session)
         node[s.KNOB_BINDINGS].setValue("0 = LoadImage.image\n1 = Nope.image\n7 = LoadImage.image")
         blocker = tmp_path / "blocker"
@@ -258,3 +260,17 @@ def test_the_submit_button_code_survives_a_missing_plugin(session, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "nuke_menu.submit", None)
     node[s.KNOB_SUBMIT].execute()
     assert nuke.fake_messages and "not installed" in nuke.fake_messages[0]
+
+
+def test_reachability_reads_the_cache_and_trusts_a_server_not_probed_yet():
+    """Nuke's main thread makes no network call: a pool that has not polled yet is not refused."""
+    dead = ServerConfig(name="gpu-dead", ip="127.0.0.1", port=9)
+    pool = ComfyUIServerPool([dead], poll_interval=5)          # not started: nothing probed
+    try:
+        assert core.reachability_problem(pool, None) is None
+        assert core.reachability_problem(pool, "gpu-dead") is None
+        pool.update_all_server_status()                        # now the cache knows it is offline
+        assert "no backend is reachable" in core.reachability_problem(pool, None)
+        assert core.reachability_problem(pool, "gpu-dead").startswith("target: server 'gpu-dead' is offline")
+    finally:
+        pool.close()
