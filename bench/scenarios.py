@@ -107,6 +107,16 @@ def render(pool: ComfyUIServerPool, frames: int, out: Path, **kw: Any) -> tuple[
     return wall, cpu, result
 
 
+def render_on(procs: Sequence[EmulatorProcess], frames: int, out: Path, *,
+              runpod: Any = None) -> tuple[float, float, run.BatchResult]:
+    """``render`` on a fresh pool over ``procs`` (a new pool per run: no warm caches carry over)."""
+    pool = make_pool(procs, poll=1.0, runpod=runpod)
+    try:
+        return render(pool, frames, out)
+    finally:
+        pool.close()
+
+
 # --------------------------------------------------------------------------- baselines
 
 
@@ -190,11 +200,7 @@ def throughput(base: Path, runs: int, frames: int = 240, speeds: Sequence[float]
         measured = []
         shares: list[dict[str, int]] = []
         for i in range(runs):
-            pool = make_pool(procs, poll=1.0)
-            try:
-                wall, _, result = render(pool, frames, base / f"tp-{i}")
-            finally:
-                pool.close()
+            wall, _, result = render_on(procs, frames, base / f"tp-{i}")
             measured.append(wall)
             shares.append(result.by_server)
         seq = _baseline(procs, frames, _fresh(base, "seq"), _round_robin, sequential=True)
@@ -234,11 +240,7 @@ def dispatch_overhead(base: Path, runs: int, frames: int = 2000, servers: int = 
     fps, cpu_ms = [], []
     try:
         for i in range(runs):
-            pool = make_pool(procs, poll=1.0)
-            try:
-                wall, cpu, _ = render(pool, frames, base / f"zero-{i}")
-            finally:
-                pool.close()
+            wall, cpu, _ = render_on(procs, frames, base / f"zero-{i}")
             fps.append(frames / wall)
             cpu_ms.append(cpu * 1e3 / frames)
         pool = make_pool(procs, poll=1.0)
@@ -450,22 +452,14 @@ def overflow(base: Path, runs: int, frames: int = 60, local: Sequence[float] = (
     alone, burst, cost, on_runpod = [], [], [], []
     try:
         for i in range(runs):
-            pool = make_pool(procs, poll=1.0)
-            try:
-                wall, _, _ = render(pool, frames, base / f"ov-local-{i}")
-            finally:
-                pool.close()
+            wall, _, _ = render_on(procs, frames, base / f"ov-local-{i}")
             alone.append(wall)
             ledger = CostLedger(base / f"ov-ledger-{i}", environ={})
             cfg = RunPodConfig(endpoint_id=RUNPOD_ENDPOINT, base_url=f"{url}/v2/{RUNPOD_ENDPOINT}",
                                max_concurrent=workers, overflow_after_s=0.5, status_poll_min=0.1,
                                status_poll_max=1.0)
             endpoint = RunPodEndpoint(cfg, environ={"RUNPOD_API_KEY": RUNPOD_KEY}, ledger=ledger, poll_interval=1.0)
-            pool = make_pool(procs, poll=1.0, runpod=endpoint)
-            try:
-                wall, _, result = render(pool, frames, base / f"ov-burst-{i}")
-            finally:
-                pool.close()
+            wall, _, result = render_on(procs, frames, base / f"ov-burst-{i}", runpod=endpoint)
             burst.append(wall)
             cost.append(ledger.spend_today())
             on_runpod.append(result.by_server.get(endpoint.name, 0))
