@@ -26,12 +26,16 @@ PREFIX = "[comfy-cluster]"
 
 
 def add_paths(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> list[str]:
-    """Put the repository and the ``NUKE_COMFYUI_PYTHONPATH`` folders on ``sys.path``; returns them."""
+    """Append the ``NUKE_COMFYUI_PYTHONPATH`` folders, then the repository, to ``sys.path``; returns them.
+
+    Appended, never first: the repository root holds top-level files (``env.py``, ``tests``,
+    ``bench``) that must not shadow Nuke's own modules or an installed comfy-cluster.
+    """
     added = []
     extra = [p for p in environ.get(DEPS_ENV, "").split(os.pathsep) if p.strip()]
-    for path in [ROOT, *extra]:
+    for path in [*extra, ROOT]:
         if path not in sys.path:
-            sys.path.insert(0 if path == ROOT else len(sys.path), path)
+            sys.path.append(path)
             added.append(path)
     return added
 

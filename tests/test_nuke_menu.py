@@ -129,3 +129,14 @@ def test_render_range_and_iterate_set_the_knobs_from_the_prompt(monkeypatch):
     commands.iterate()
     assert node[s.KNOB_MODE].value() == s.Mode.ITERATIONS.value and node[s.KNOB_ITERATIONS].value() == 6
     assert sent == [[node], [node]]
+
+
+def test_startup_appends_the_repository_after_nukes_own_paths(monkeypatch):
+    """The repository root (env.py, tests/, bench/) never shadows a module Nuke already has."""
+    from nuke_menu import comfy_cluster_boot
+
+    root = comfy_cluster_boot.ROOT
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != root] + ["/nuke/site"])
+    monkeypatch.setenv(comfy_cluster_boot.DEPS_ENV, "/studio/deps")
+    assert comfy_cluster_boot.add_paths() == ["/studio/deps", root]
+    assert sys.path[-3:] == ["/nuke/site", "/studio/deps", root]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+import zipfile
+from pathlib import Path
 
 import comfy_cluster
 
@@ -43,3 +49,60 @@ def test_core_imports_without_nuke_qt_or_the_emulator() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _declared(extra: str | None) -> set[str]:
+    """Distribution names the core (``extra=None``) or an extra depends on, lower case."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    return {re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0].lower() for spec in specs}
+
+
+def _third_party_imports(folder: Path) -> set[str]:
+    """Top-level modules imported by the files in ``folder`` that are neither stdlib nor ours."""
+    names: set[str] = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("comfy_cluster", "nuke_menu")}
+
+
+#: import name -> distribution name, where they differ
+_DISTRIBUTION = {"websocket": "websocket-client", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+def test_the_emulator_extra_installs_everything_the_emulator_imports() -> None:
+    """README's first command installs ``.[emulator]`` and runs the demo: nothing more may be needed."""
+    wanted = {_DISTRIBUTION.get(n, n).lower() for n in _third_party_imports(ROOT / "comfy_cluster" / "emulator")}
+    missing = wanted - _declared(None) - _declared("emulator")
+    assert not missing, f"comfy_cluster/emulator imports {sorted(missing)}, not in dependencies or the emulator extra"
+
+
+def test_env_module_is_importable_from_an_installed_wheel(tmp_path: Path) -> None:
+    """The studio plan's entry point ``env.py`` ships in the wheel, outside the checkout."""
+    src = tmp_path / "src"   # build from a copy: a build writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "tests", "bench", "docs", "build", "*.egg-info",
+                                                             "__pycache__", ".mypy_cache", ".pytest_cache",
+                                                             "demo-output"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:   # a wheel is installed by unpacking it (PEP 427)
+        zf.extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import env, comfy_cluster, nuke_menu; "
+            "print(env.__file__); print(env.NUKE_COMFYUI_PORT({'NUKE_COMFYUI_PORT': '8190'}))")
+    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    where, port = done.stdout.split()
+    assert Path(where).parent == site and port == "8190"
