@@ -51,10 +51,8 @@ def _pool(args: argparse.Namespace, **kw: Any):
     """The pool from ``--servers FILE`` or the environment, started and probed once."""
     from .pool import ComfyUIServerPool
 
-    if args.servers:
-        pool = ComfyUIServerPool.from_file(args.servers, **kw)
-    else:
-        pool = ComfyUIServerPool.from_env(os.environ, **kw)
+    pool = ComfyUIServerPool.from_config(_cluster_config(args), environ=os.environ,
+                                         reload=lambda: _cluster_config(args), **kw)
     pool.start()
     pool.update_all_server_status()
     return pool
@@ -181,9 +179,10 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cluster_config(args: argparse.Namespace) -> Any:
-    from .config import load_config, load_config_file
+    """The one loading path of every command: ``--servers FILE`` replaces ``NUKE_COMFYUI_SERVERS`` only."""
+    from .config import load_config
 
-    return load_config_file(args.servers, environ=os.environ) if args.servers else load_config(os.environ)
+    return load_config(os.environ, servers_file=args.servers)
 
 
 def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:

@@ -732,13 +732,21 @@ def _log_source(config: ClusterConfig) -> None:
                  ", ".join(s.name for s in config.servers))
 
 
-def load_config(environ: Mapping[str, str] = os.environ) -> ClusterConfig:
+def load_config(environ: Mapping[str, str] = os.environ, *,
+                servers_file: str | os.PathLike[str] | None = None) -> ClusterConfig:
     """The cluster configuration from environment variables (see the module docstring).
+
+    ``servers_file`` (``--servers FILE``) takes the place of ``NUKE_COMFYUI_SERVERS``;
+    everything else (RunPod, the poll interval) is read the same way for every entry point.
 
     >>> load_config({"NUKE_COMFYUI_IP": "10.0.0.7"}).servers[0].base_url
     'http://10.0.0.7:8188'
     """
-    servers, source, file_policy, file_poll = _servers_from_env(environ)
+    if servers_file is not None:
+        source = f"@{os.fspath(servers_file)}"
+        servers, file_policy, file_poll = _file_parts(_read_file(Path(servers_file), source), source)
+    else:
+        servers, source, file_policy, file_poll = _servers_from_env(environ)
     config = ClusterConfig(servers=servers, source=source,
                            runpod=_runpod_from_env(environ, file_policy, source),
                            poll_interval=_poll_from_env(environ, file_poll))
@@ -746,21 +754,15 @@ def load_config(environ: Mapping[str, str] = os.environ) -> ClusterConfig:
     return config
 
 
-def load_config_file(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> ClusterConfig:
+def load_config_file(path: str | os.PathLike[str], *, environ: Mapping[str, str] = os.environ) -> ClusterConfig:
     """The configuration in a file (``--servers FILE``): a JSON array, or an object with ``servers``.
 
     The object may also hold ``runpod`` (its policy; ``endpoint_id`` inside it or from
-    ``RUNPOD_ENDPOINT_ID``) and ``poll_interval``. With ``environ``, ``NUKE_COMFYUI_RUNPOD``,
-    ``RUNPOD_ENDPOINT_ID`` and ``NUKE_COMFYUI_POLL_INTERVAL`` apply on top, as for ``@file``.
+    ``RUNPOD_ENDPOINT_ID``) and ``poll_interval``. ``NUKE_COMFYUI_RUNPOD``,
+    ``RUNPOD_ENDPOINT_ID`` and ``NUKE_COMFYUI_POLL_INTERVAL`` of ``environ`` apply on top,
+    exactly as for ``NUKE_COMFYUI_SERVERS=@file``.
     """
-    source = f"@{os.fspath(path)}"
-    servers, policy, poll = _file_parts(_read_file(Path(path), source), source)
-    env = environ if environ is not None else {}
-    config = ClusterConfig(servers=servers, source=source,
-                           runpod=_runpod_from_env(env, policy, source),
-                           poll_interval=_poll_from_env(env, poll))
-    _log_source(config)
-    return config
+    return load_config(environ, servers_file=path)
 
 
 __all__ = [

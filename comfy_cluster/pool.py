@@ -251,8 +251,9 @@ class ComfyUIServerPool:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kw: Any) -> ComfyUIServerPool:
-        """The pool of a servers file; ``load_configuration`` re-reads the file."""
-        environ = kw.get("environ")
+        """The pool of a servers file, RunPod from the environment as for ``@file``;
+        ``load_configuration`` re-reads both."""
+        environ = kw.setdefault("environ", os.environ)
         kw.setdefault("reload", lambda: load_config_file(path, environ=environ))
         return cls.from_config(load_config_file(path, environ=environ), **kw)
 

@@ -136,3 +136,23 @@ def test_demo_runs(tmp_path, capsys):
     assert "speed-up" in out and "pixel check: all 6 cluster and burst frames equal" in out
     assert "offline burst:" in out and "runpod: 6" in out and "cost $" in out
     assert len(list((tmp_path / "demo" / "cluster").glob("demo.*.png"))) == 6
+
+
+def test_servers_file_keeps_runpod_from_the_environment(tmp_path, monkeypatch, capsys):
+    """``--servers FILE`` replaces only the server list: RunPod still comes from the environment."""
+    from comfy_cluster.emulator.runpod import RunPodEmulator
+
+    emu = RunPodEmulator(endpoint_id="ep-file", api_key="rp-file-key-123456").start()
+    try:
+        monkeypatch.setenv("RUNPOD_API_KEY", "rp-file-key-123456")
+        monkeypatch.setenv("RUNPOD_ENDPOINT_ID", "ep-file")
+        monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.setenv("NUKE_COMFYUI_RUNPOD", json.dumps({"base_url": emu.base_url}))
+        path = tmp_path / "servers.json"
+        path.write_text(json.dumps([{"name": "gpu-01", "ip": "127.0.0.1", "port": 9}]))
+        code, out, err = _run(["--servers", str(path), "status", "--json"], capsys)
+    finally:
+        emu.stop()
+    snapshot = json.loads(out)
+    assert [s["name"] for s in snapshot["servers"]] == ["gpu-01"]
+    assert snapshot["runpod"] is not None and snapshot["runpod"]["endpoint_id"] == "ep-file", snapshot["runpod"]
