@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, capped
 from .paths import is_absolute
 
 log = logging.getLogger(__name__)
@@ -577,7 +577,7 @@ def _servers_from_data(data: Any, source: str) -> list[ServerConfig]:
     lines += _duplicate_problems([i.get("name") if isinstance(i, dict) else None for i in data],
                                  [f"{source}[{i}]" for i in range(len(data))])
     if lines:
-        raise ConfigError("\n".join(lines))
+        raise ConfigError("\n".join(capped(lines)))
     return servers
 
 

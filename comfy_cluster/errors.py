@@ -15,7 +15,22 @@ never contain secrets: tokens and API keys are not known to the code that builds
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+#: How many items of a list an error message shows before "... and N more".
+LIST_LIMIT = 10
+
+
+def capped(items: Iterable[str], limit: int = LIST_LIMIT) -> list[str]:
+    """The first ``limit`` items, then one ``... and N more`` line: an error stays readable at scale.
+
+    >>> capped(["a", "b", "c"], limit=2)
+    ['a', 'b', '... and 1 more']
+    """
+    items = list(items)
+    if len(items) <= limit:
+        return items
+    return [*items[:limit], f"... and {len(items) - limit} more"]
 
 
 class ComfyClusterError(Exception):
@@ -164,4 +179,5 @@ __all__ = [
     "TransferError",
     "WorkflowError",
     "WorkflowRejected",
+    "capped",
 ]

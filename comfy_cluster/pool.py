@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .backend import Backend
 from .comfy_api import Timeouts
 from .config import ClusterConfig, ServerConfig, load_config, load_config_file
-from .errors import MissingNodes
+from .errors import MissingNodes, capped
 from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerState, ServerStatus
 from .transfer import UploadCache
 
@@ -413,7 +413,7 @@ class ComfyUIServerPool:
             return
         missing = {s.name: s.missing_classes(classes) for s in known}
         if all(missing.values()):
-            detail = "; ".join(f"{name!r} lacks {', '.join(sorted(m))}" for name, m in missing.items())
+            detail = "; ".join(capped(f"{name!r} lacks {', '.join(sorted(m))}" for name, m in missing.items()))
             absent = frozenset().union(*missing.values())
             raise MissingNodes(f"no server can run this workflow: {detail}", missing=absent,
                                server=known[0].name if len(known) == 1 else None)

@@ -495,3 +495,14 @@ def test_an_odd_unknown_key_stays_on_one_line() -> None:
     assert error_lines(excinfo) == ['NUKE_COMFYUI_SERVERS[0] ("server1"): "evil\\nkey": unknown field '
                                     '(known fields: name, ip, port, dir_local, dir_remote, priority, enabled, '
                                     'scheme, headers, auth_token_env, transfer, max_queue, path_map)']
+
+
+def test_ten_thousand_servers_sharing_one_name_give_a_short_error() -> None:
+    """A long list of problems shows the first few, then how many more: never a megabyte line."""
+    servers = [{"name": "gpu", "ip": "10.0.0.1", "port": 8188 + i % 1000} for i in range(10_000)]
+    with pytest.raises(ConfigError) as excinfo:
+        parse_servers(json.dumps(servers))
+    lines = str(excinfo.value).splitlines()
+    assert len(lines) == 11 and len(str(excinfo.value)) < 2000
+    assert lines[0].startswith('NUKE_COMFYUI_SERVERS[1] ("gpu"): name: duplicate of NUKE_COMFYUI_SERVERS[0]')
+    assert lines[-1] == "... and 9989 more"
