@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except UsageError as err:
         sys.stderr.write(f"comfy-cluster: error: {err}\n")
         return EXIT_USAGE
-    except (ComfyClusterError, FileNotFoundError, ValueError) as err:
+    except (ComfyClusterError, OSError, ValueError) as err:
         if debug:
             log.exception("failed")
         usage = isinstance(err, (ConfigError, BindingError)) or not isinstance(err, ComfyClusterError)
@@ -573,9 +573,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
-        text = f"{text}: {err.filename}"
+    """The error as one line; an OS error names its path (``File exists: /etc/passwd``)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.strerror}: {err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+    else:
+        text = str(err) or type(err).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "; ".join(lines) if lines else type(err).__name__
 

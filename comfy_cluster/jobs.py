@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TextIO
 
 from .errors import ComfyClusterError
 from .frames import FramePattern
@@ -241,7 +241,7 @@ class Journal:
         self.header = header
         #: frames already done (and present on disk) when the batch started
         self.resumed: dict[int, list[Path]] = dict(done or {})
-        self._fh = None
+        self._fh: TextIO | None = None
         self._lock = threading.Lock()
 
     @classmethod

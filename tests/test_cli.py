@@ -156,3 +156,16 @@ def test_servers_file_keeps_runpod_from_the_environment(tmp_path, monkeypatch, c
     snapshot = json.loads(out)
     assert [s["name"] for s in snapshot["servers"]] == ["gpu-01"]
     assert snapshot["runpod"] is not None and snapshot["runpod"]["endpoint_id"] == "ep-file", snapshot["runpod"]
+
+
+def test_an_os_error_at_the_edge_is_one_line_with_the_path_exit_2(servers, tmp_path, capsys):
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(INVERT))
+    for frame in (1, 2):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"p.{frame:04d}.png")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = _run(["--servers", str(servers), "render", str(workflow), "--frames", "1-2",
+                         "--input", f"Plate.image={tmp_path}/p.####.png", "--output", f"{blocker}/x.####.png"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and str(blocker) in line, line
