@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
-from .errors import BindingError, ComfyClusterError, ConfigError
+from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs
 from .jobs import BatchEvent
 
 log = logging.getLogger(__name__)
@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except (ComfyClusterError, OSError, ValueError) as err:
         if debug:
             log.exception("failed")
-        usage = isinstance(err, (ConfigError, BindingError)) or not isinstance(err, ComfyClusterError)
+        usage = isinstance(err, (ConfigError, BindingError, MissingInputs)) or not isinstance(err, ComfyClusterError)
         code = EXIT_USAGE if usage else EXIT_FAILED
         sys.stderr.write(f"comfy-cluster: error: {_one_line(err)}\n")
         return code

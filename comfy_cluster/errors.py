@@ -158,6 +158,17 @@ class TransferError(ComfyClusterError):
     """An input could not be staged or an output could not be written (path, disk, name)."""
 
 
+class MissingInputs(TransferError, ValueError):
+    """Local input files are missing, unreadable or folders; found before anything was sent.
+
+    ``problems`` holds one line per file; the message lists the first few.
+    """
+
+    def __init__(self, message: str, *, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
 class BudgetExceeded(ServerUnavailable):
     """The next RunPod job would pass the daily budget. Nothing was sent: the work runs locally or waits."""
 
@@ -171,6 +182,7 @@ __all__ = [
     "ExecutionFailed",
     "Interrupted",
     "JobTimeout",
+    "MissingInputs",
     "MissingNodes",
     "NoBackendAvailable",
     "ProtocolError",

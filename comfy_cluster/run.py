@@ -43,9 +43,11 @@ from .errors import (
     Cancelled,
     ComfyClusterError,
     Interrupted,
+    MissingInputs,
     MissingNodes,
     ServerUnavailable,
     WorkflowError,
+    capped,
 )
 from .frames import FramePattern, FrameSpec
 from .jobs import Attempt, BatchEvent, FrameTask, Journal, JournalHeader, JobState, journal_path
@@ -690,6 +692,7 @@ def submit(workflow: WorkflowLike, *, pool: _Pool, inputs: Mapping[str, PathLike
     folder = Path(output_dir) if output_dir is not None else Path.cwd()
     plan = _Plan(workflow=wf, inputs=bound, frame_values=None, names=_FolderNames(folder),
                  classes=wf.class_types(), digest="", noun="job")
+    _check_inputs(plan, [0])
     task = FrameTask(frames=(0,))
     batch = Batch(pool, plan, [task], journal=None, retries=retries, target=target, strategy=strategy,
                   job_timeout=timeout, on_event=on_event, max_workers=1)
@@ -785,6 +788,8 @@ def _start_batch(pool: _Pool, plan: _Plan, spec: FrameSpec, *, output: str, chun
     groups = [tuple(c.frames) for c in spec.chunks(chunk)]
     journal = None
     skipped: dict[int, list[Path]] = {}
+    if not resume:
+        _check_inputs(plan, list(spec))   # before the journal: a refused start rotates nothing
     if use_journal:
         header = JournalHeader(batch_id=uuid.uuid4().hex[:12], workflow_digest=plan.digest, frames=str(spec),
                                output=output, created=time.time())
@@ -792,6 +797,13 @@ def _start_batch(pool: _Pool, plan: _Plan, spec: FrameSpec, *, output: str, chun
         skipped = {f: files for f, files in journal.resumed.items() if f in spec}
     tasks = [FrameTask(frames=g) for g in groups if not all(f in skipped for f in g)]
     skipped = {f: files for f, files in skipped.items() if not any(f in t.frames for t in tasks)}
+    if resume:
+        try:
+            _check_inputs(plan, [t.key for t in tasks])
+        except MissingInputs:
+            if journal is not None:
+                journal.close()
+            raise
     if skipped:
         log.info("resuming: %d of %d frames already done, rendering %d", len(skipped), len(spec),
                  sum(len(t.frames) for t in tasks))
@@ -819,6 +831,38 @@ def _bind_inputs(wf: Workflow, inputs: Mapping[str, PathLike] | None, *,
         text = os.fspath(path)
         bound[wf.binding(spec)] = FramePattern.parse(text) if patterns else Path(text)
     return bound
+
+
+def _check_inputs(plan: _Plan, keys: Sequence[int]) -> None:
+    """Every local input of every task to send, checked before anything is sent.
+
+    A missing input is the artist's problem, not a server's: one ``MissingInputs`` lists
+    every missing or unreadable file (and a folder given as a file), instead of each frame
+    failing on a server later.
+    """
+    problems: list[str] = []
+    for (node_id, name), source in plan.inputs.items():
+        paths = [Path(source.format(k)) for k in keys] if isinstance(source, FramePattern) else [source]
+        for path in dict.fromkeys(paths):
+            problem = _unreadable(path)
+            if problem:
+                problems.append(f"node {node_id} input {name!r}: {path}: {problem}")
+    if problems:
+        raise MissingInputs(f"{len(problems)} input file(s) missing or unreadable, nothing was sent: "
+                            + "; ".join(capped(problems)), problems=problems)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, or None."""
+    try:
+        if path.is_dir():
+            return "is a folder, not a file"
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:
+        return "not found"
+    except OSError as err:
+        return err.strerror or type(err).__name__
 
 
 def _frame_values(frame_values: FrameValues | None) -> Callable[[int], Mapping[str, Any]] | None:

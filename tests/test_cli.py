@@ -113,9 +113,10 @@ def test_render_then_failures_exit_1(servers, tmp_path, capsys):
     with Image.open(tmp_path / "out" / "o.0002.png") as img:
         assert np.asarray(img)[0, 0, 0] == 235
     assert "3/3 done, 0 failed" in err  # the final progress line
-    # frame 4 has no plate: that frame fails, the exit code says so
+    # frame 4 has no plate: a local problem, refused before anything is sent, one line, exit 2
     code, out, err = _run(argv[:5] + ["1-4"] + argv[6:], capsys)
-    assert code == 1 and "frame 4" in out and "input file not found" in out
+    line = _one_error_line(err)
+    assert code == 2 and f"{plates / 'p.4.png'}: not found" in line and "nothing was sent" in line
 
 
 def test_submit_prints_the_output_files(servers, tmp_path, capsys):

@@ -8,6 +8,7 @@ same dispatcher over loopback against emulated ComfyUI servers and the real pool
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 from comfy_cluster import run
 from comfy_cluster.backend import OutputRef, PromptRequest, PromptResult
@@ -23,6 +25,7 @@ from comfy_cluster.errors import (
     Cancelled,
     ComfyClusterError,
     ExecutionFailed,
+    MissingInputs,
     MissingNodes,
     ServerUnavailable,
     WorkflowError,
@@ -83,8 +86,8 @@ class FakeBackend:
         if cancel.wait(self.seconds):
             raise Cancelled(f"server {self.name!r}: cancelled", server=self.name, prompt_id=request.prompt_id)
         on_event("progress", {"value": 1, "max": 1, "node": "11"})
-        body = json.dumps({"backend": self.name, "label": request.label, "prompt_id": request.prompt_id,
-                           "inputs": {f"{n}.{i}": str(p) for (n, i), p in request.inputs.items()}}).encode()
+        body = _png({"backend": self.name, "label": request.label, "prompt_id": request.prompt_id,
+                     "inputs": {f"{n}.{i}": str(p) for (n, i), p in request.inputs.items()}})
 
         def fetch(dest: Path, body: bytes = body) -> None:
             with self._lock:
@@ -147,8 +150,25 @@ def _frame_of(request: PromptRequest) -> int:
     return int(request.label.split()[-1])
 
 
+def _png(request: dict[str, Any]) -> bytes:
+    """A real 2x2 PNG (outputs are checked to decode) carrying the request it answers as text."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("request", json.dumps(request))
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2), (10, 20, 30)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def _plates(pattern: Path, frames: Any) -> None:
+    """Input files for ``frames`` (inputs are checked before anything is sent)."""
+    pattern.parent.mkdir(parents=True, exist_ok=True)
+    for frame in frames:
+        Path(str(pattern) % frame).write_bytes(_png({}))
+
+
 def _content(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_bytes())
+    with Image.open(path) as image:
+        return json.loads(image.text["request"])
 
 
 def _events(batch_kwargs: dict[str, Any]) -> list:
@@ -171,6 +191,7 @@ def test_sequence_is_spread_over_backends_and_written_by_frame(tmp_path):
     kwargs: dict[str, Any] = {}
     events = _events(kwargs)
     out = tmp_path / "renders" / "sh010_comfy.####.png"
+    _plates(tmp_path / "plates" / "sh010.%04d.png", range(1001, 1021))
     batch = run.animation_submit(WORKFLOW, pool=pool, frames="1001-1020", output=str(out),
                                  inputs={"Plate.image": str(tmp_path / "plates" / "sh010.%04d.png")}, **kwargs)
     res = batch.result(timeout=30)
@@ -517,6 +538,7 @@ def test_iterations_without_a_seed_refuse_unless_fixed(tmp_path):
 
 def test_single_job_result_and_failure(tmp_path):
     backend = FakeBackend("a", 0.01)
+    (tmp_path / "a#.png").write_bytes(_png({}))
     job = run.submit(WORKFLOW, pool=FakePool(backend), inputs={"LoadImage.image": str(tmp_path / "a#.png")},
                      output_dir=tmp_path / "out")
     result = job.result(timeout=10)
@@ -571,3 +593,24 @@ def test_result_timeout_says_how_far_it_got(tmp_path):
         batch.result(timeout=0.05)
     batch.cancel()
     assert batch.wait(10)
+
+
+def test_missing_and_folder_inputs_are_listed_at_once_and_nothing_is_sent(tmp_path):
+    """A local problem is reported as one, before any server is asked (item: inputs checked first)."""
+    pool = FakePool(FakeBackend("a"))
+    pattern = tmp_path / "plates" / "sh010.%04d.png"
+    _plates(pattern, [1, 3])
+    (tmp_path / "plates" / "sh010.0004.png").mkdir()
+    with pytest.raises(MissingInputs) as excinfo:
+        run.animation_submit(WORKFLOW, pool=pool, frames="1-5", output=str(tmp_path / "o.####.png"),
+                             inputs={"Plate.image": str(pattern)})
+    assert pool.acquires == [] and not journal_path(str(tmp_path / "o.####.png")).exists()
+    problems = excinfo.value.problems
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        f"{tmp_path}/plates/sh010.0002.png: not found",
+        f"{tmp_path}/plates/sh010.0004.png: is a folder, not a file",
+        f"{tmp_path}/plates/sh010.0005.png: not found"]
+    assert "3 input file(s) missing or unreadable" in str(excinfo.value)
+    with pytest.raises(MissingInputs, match="a.png: not found"):
+        run.submit(WORKFLOW, pool=pool, inputs={"LoadImage.image": str(tmp_path / "a.png")}, output_dir=tmp_path)
+    assert pool.acquires == []
