@@ -47,13 +47,16 @@ class UsageError(Exception):
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _pool(args: argparse.Namespace, **kw: Any):
-    """The pool from ``--servers FILE`` or the environment, started and probed once."""
+def _pool(args: argparse.Namespace, *, monitor: bool = True, **kw: Any):
+    """The pool from ``--servers FILE`` or the environment, probed once; ``monitor`` keeps
+    probing in the background (work, ``status --watch``). A one-shot command probes each
+    server exactly once, so a hung server costs one probe timeout, not two."""
     from .pool import ComfyUIServerPool
 
     pool = ComfyUIServerPool.from_config(_cluster_config(args), environ=os.environ,
                                          reload=lambda: _cluster_config(args), **kw)
-    pool.start()
+    if monitor:
+        pool.start()
     pool.update_all_server_status()
     return pool
 
@@ -110,19 +113,33 @@ def status_table(snapshot: dict[str, Any]) -> str:
         device = (s.get("devices") or [{}])[0]
         gpu = (device.get("name") or "-").split(" : ")[0]
         vram = f"{_fmt_bytes(device.get('vram_free'))}/{_fmt_bytes(device.get('vram_total'))}" if device else "-"
+        ready = s["state"] in ("online", "busy")
+        if not ready:   # GPU and VRAM of a server that does not answer are its last known, not now
+            gpu, vram = "-", "-"
         rows.append([s["name"], s["state"], f"{s['queue_running']}/{s['queue_pending']}", gpu, vram,
                      s.get("comfyui_version") or "-", f"{s['in_flight']}/{s['max_queue']}",
-                     _fmt_seconds(s.get("seconds_per_job")), s.get("address", "")])
+                     _fmt_seconds(s.get("seconds_per_job")), s.get("address", ""),
+                     "" if ready else _detail(s.get("last_error"))])
     if snapshot.get("runpod"):
         rp = snapshot["runpod"]
         rows.append([rp.get("name", "runpod"), rp.get("state", "-"), "-", "serverless", "-", "-",
-                     f"{rp.get('in_flight', 0)}/{rp.get('max_queue', '-')}", _fmt_seconds(rp.get("seconds_per_job")),
-                     rp.get("address", "")])
-    return _table(rows, ["SERVER", "STATE", "RUN/PEND", "GPU", "VRAM FREE", "COMFYUI", "OURS", "S/JOB", "ADDRESS"])
+                     f"{rp.get('in_flight', 0)}/{rp.get('max_concurrent', '-')}",
+                     _fmt_seconds(rp.get("seconds_per_job")), rp.get("endpoint_id", ""),
+                     _detail(rp.get("blocked_reason") or rp.get("last_error"))])
+    return _table(rows, ["SERVER", "STATE", "RUN/PEND", "GPU", "VRAM FREE", "COMFYUI", "OURS", "S/JOB", "ADDRESS",
+                         "REASON"])
+
+
+def _detail(text: str | None, limit: int = 100) -> str:
+    """A reason on one table line: first line, cut at ``limit`` characters."""
+    if not text:
+        return ""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    pool = _pool(args)
+    pool = _pool(args, monitor=args.watch)
     try:
         while True:
             snap = pool.snapshot().to_dict()
@@ -334,14 +351,16 @@ def _follow(batch: Any, progress: Progress) -> None:
     progress.draw(final=True)
 
 
-def _summary(res: Any, out: TextIO, seconds: dict[str, list[float]]) -> None:
+def _summary(res: Any, out: TextIO, seconds: dict[str, list[tuple[float, float]]]) -> None:
+    """Per server: frames, mean run time on the server, mean wait (queue, transfer) apart."""
     rows = []
     for server, count in sorted(res.by_server.items(), key=lambda kv: -kv[1]):
         times = seconds.get(server, [])
-        mean = sum(times) / len(times) if times else None
-        rows.append([server, str(count), _fmt_seconds(mean)])
+        run = sum(t[0] for t in times) / len(times) if times else None
+        wait = sum(t[1] for t in times) / len(times) if times else None
+        rows.append([server, str(count), _fmt_seconds(run), _fmt_seconds(wait)])
     if rows:
-        out.write(_table(rows, ["SERVER", "FRAMES", "AVG/FRAME"]) + "\n")
+        out.write(_table(rows, ["SERVER", "FRAMES", "AVG RUN", "AVG WAIT"]) + "\n")
     rendered = len(res.frames) - len(res.skipped)
     out.write(f"{rendered} frame(s) rendered, {len(res.skipped)} already done, {len(res.failed)} failed, "
               f"{len(res.cancelled)} cancelled in {_fmt_seconds(res.elapsed)}\n")
@@ -354,11 +373,12 @@ def _summary(res: Any, out: TextIO, seconds: dict[str, list[float]]) -> None:
 def _run_batch(args: argparse.Namespace, out: TextIO, start: Callable[..., Any]) -> int:
     pool = _pool(args)
     try:
-        seconds: dict[str, list[float]] = {}
+        seconds: dict[str, list[tuple[float, float]]] = {}
 
         def collect(event: BatchEvent) -> None:
             if event.kind == "completed":
-                seconds.setdefault(event.data.get("server", "?"), []).append(float(event.data.get("seconds", 0.0)))
+                times = (float(event.data.get("run_seconds", 0.0)), float(event.data.get("wait_seconds", 0.0)))
+                seconds.setdefault(event.data.get("server", "?"), []).append(times)
 
         batch = start(pool)
         batch.subscribe(collect)

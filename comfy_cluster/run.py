@@ -45,13 +45,14 @@ from .errors import (
     Interrupted,
     MissingInputs,
     MissingNodes,
+    ProtocolError,
     ServerUnavailable,
     WorkflowError,
     capped,
 )
 from .frames import FramePattern, FrameSpec
 from .jobs import Attempt, BatchEvent, FrameTask, Journal, JournalHeader, JobState, journal_path
-from .transfer import atomic_write, safe_output_name
+from .transfer import atomic_write, output_problem, safe_output_name
 from .workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -187,9 +188,12 @@ class _Plan:
     per_frame_workflows: dict[int, Workflow] = field(default_factory=dict)
     #: the graph holds frame tokens (``####`` in a path input): with_frame per frame is needed
     frame_tokens: bool = field(init=False, default=True)
+    #: output nodes that must each deliver a file (``Workflow.file_output_nodes``)
+    file_outputs: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         self.frame_tokens = self.frame_values is not None or self.workflow.with_frame(0) != self.workflow
+        self.file_outputs = tuple(self.workflow.file_output_nodes())
 
 
 class Batch:
@@ -495,17 +499,45 @@ class Batch:
         return on_event
 
     def _write_outputs(self, task: FrameTask, result: PromptResult) -> dict[int, list[Path]]:
-        """Fetch every output to its frame's file name, atomically. Raises on the first failure."""
+        """Fetch every output to its frame's file name, atomically, each checked to be what its
+        name says before it takes that name. Raises on the first failure."""
         with self._cond:
             if task.state.is_final:  # a late duplicate: the first finisher already won
                 log.info("%s: discarding a late result from %s", task.label, result.backend)
                 return {}
+        self._check_delivered(task, result)
         files: dict[int, list[Path]] = {f: [] for f in task.frames}
         for frame, index, ref in _assign_outputs(task, result):
             dest = self._plan.names.path(frame, index, ref)
-            atomic_write(dest, ref.fetch)
+            atomic_write(dest, lambda tmp, ref=ref: self._fetch_checked(task, result, ref, tmp))
             files[frame].append(dest)
         return files
+
+    def _check_delivered(self, task: FrameTask, result: PromptResult) -> None:
+        """A finished prompt delivers a file from every file output node (where the backend
+        names the node), and at least one file for a frame."""
+        where = f"{task.label}: server {result.backend!r} finished prompt {result.prompt_id}"
+        expected = self._plan.file_outputs
+        if not result.outputs:
+            if self._plan.noun != "job" or expected:
+                raise ProtocolError(f"{where} but reported no output file", server=result.backend,
+                                    prompt_id=result.prompt_id)
+            return
+        if all(ref.node_id for ref in result.outputs):
+            got = {ref.node_id for ref in result.outputs}
+            silent = [self._plan.workflow.describe(n) for n in expected if n not in got]
+            if silent:
+                raise ProtocolError(f"{where} but output node(s) {', '.join(capped(silent))} delivered no file",
+                                    server=result.backend, prompt_id=result.prompt_id)
+
+    @staticmethod
+    def _fetch_checked(task: FrameTask, result: PromptResult, ref: OutputRef, tmp: Path) -> None:
+        ref.fetch(tmp)
+        problem = output_problem(tmp, ref.filename)
+        if problem:
+            node = f" of node {ref.node_id}" if ref.node_id else ""
+            raise ProtocolError(f"{task.label}: server {result.backend!r} delivered output {ref.filename!r}{node} "
+                                f"that is {problem}", server=result.backend, prompt_id=result.prompt_id)
 
     # -- outcomes -------------------------------------------------------------------------------
 
@@ -588,9 +620,13 @@ class Batch:
         if self._journal:
             for frame, paths in files.items():
                 self._journal.done(frame, paths, result.backend, seconds)
+        # ``seconds`` is wall time from our submit to the files on disk; the server's own run
+        # time is ``result.elapsed``, and the rest was waiting (queue, transfer).
+        run_seconds = min(max(0.0, float(result.elapsed)), seconds)
         for frame, paths in files.items():
             self._emit("completed", frame, {"outputs": [str(p) for p in paths], "server": result.backend,
-                                            "seconds": seconds, "prompt_id": result.prompt_id})
+                                            "seconds": seconds, "run_seconds": run_seconds,
+                                            "wait_seconds": seconds - run_seconds, "prompt_id": result.prompt_id})
 
     # -- events and results -----------------------------------------------------------------
 

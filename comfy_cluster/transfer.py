@@ -324,6 +324,44 @@ def atomic_write(dest: Path, fetch: Callable[[Path], None]) -> Path:
     return dest
 
 
+#: Extensions we decode before accepting an output, and the format PIL must find in them.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".gif": "GIF",
+                 ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def output_problem(path: Path, name: str) -> str | None:
+    """Why the fetched file ``path`` is not the output ``name`` says it is, or None.
+
+    A server's 200 proves nothing about the bytes: an image must decode completely in the
+    format its extension names (a cut-off PNG, an HTML error page or random bytes do not);
+    any other file (a video, say) must be non-empty. The pixels are decoded in full once.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if size == 0:
+        return "empty (0 bytes)"
+    wanted = IMAGE_FORMATS.get(Path(name).suffix.lower())
+    if wanted is None:
+        return None
+    from PIL import Image  # imported here: only fetched outputs need it
+
+    try:
+        with Image.open(path) as image:
+            found = image.format
+            if found == "PNG":
+                image.verify()   # every chunk's CRC, through IEND: catches a cut after the pixels
+        if found == wanted:
+            with Image.open(path) as image:
+                image.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
+        return f"not a complete {wanted} image ({size} bytes: {type(err).__name__}: {err})"
+    if found != wanted:
+        return f"not a {wanted} image ({size} bytes, {found or 'unknown'} data)"
+    return None
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make the rename durable where the OS allows syncing a folder (not on Windows)."""
     if os.name != "posix":
@@ -346,6 +384,7 @@ __all__ = [
     "atomic_write",
     "content_name",
     "make_output_fetcher",
+    "output_problem",
     "remote_output_dir",
     "safe_join",
     "safe_output_name",

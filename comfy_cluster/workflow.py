@@ -41,6 +41,11 @@ OUTPUT_CLASSES = frozenset({
     "SaveAudioMP3", "SaveAudioOpus", "PreviewAudio", "SaveGLB", "Preview3D",
     "SaveEXR", "SaveEXRFrames", "SaveTiff", "VHS_VideoCombine",
 })
+#: Output classes whose history entry lists the files they wrote under ``images``: a finished
+#: prompt must deliver at least one file from each of them.
+FILE_OUTPUT_CLASSES = frozenset({
+    "SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveVideo", "SaveWEBM",
+})
 #: Node classes whose ``image`` input names a file in the server's input directory.
 LOAD_IMAGE_CLASSES = frozenset({"LoadImage", "LoadImageMask"})
 #: Input names that hold a sampler seed.
@@ -197,6 +202,10 @@ class Workflow:
         """Ids of output nodes (``OUTPUT_CLASSES`` plus ``extra_classes``), in natural order."""
         classes = OUTPUT_CLASSES | frozenset(extra_classes)
         return [nid for nid in self.node_ids() if self.class_type(nid) in classes]
+
+    def file_output_nodes(self) -> list[str]:
+        """Ids of the nodes (``FILE_OUTPUT_CLASSES``) that must each deliver a file, in natural order."""
+        return [n for n in self.output_nodes() if self.class_type(n) in FILE_OUTPUT_CLASSES]
 
     def load_image_inputs(self, extra_classes: Iterable[str] = ()) -> list[tuple[str, str]]:
         """``(node_id, "image")`` for every LoadImage-like node: where input files go."""
@@ -523,6 +532,7 @@ def _natural_key(node_id: str) -> tuple[Any, ...]:
 
 __all__ = [
     "LOAD_IMAGE_CLASSES",
+    "FILE_OUTPUT_CLASSES",
     "OUTPUT_CLASSES",
     "SEED_INPUTS",
     "SeedMode",

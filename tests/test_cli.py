@@ -109,7 +109,7 @@ def test_render_then_failures_exit_1(servers, tmp_path, capsys):
             "--input", f"Plate.image={plates / 'p.#.png'}", "--output", str(tmp_path / "out" / "o.####.png")]
     code, out, err = _run(argv, capsys)
     assert code == 0, err
-    assert "3 frame(s) rendered, 0 already done, 0 failed" in out and "FRAMES" in out
+    assert "3 frame(s) rendered, 0 already done, 0 failed" in out and "AVG RUN  AVG WAIT" in out
     with Image.open(tmp_path / "out" / "o.0002.png") as img:
         assert np.asarray(img)[0, 0, 0] == 235
     assert "3/3 done, 0 failed" in err  # the final progress line
@@ -170,3 +170,51 @@ def test_an_os_error_at_the_edge_is_one_line_with_the_path_exit_2(servers, tmp_p
                          "--input", f"Plate.image={tmp_path}/p.####.png", "--output", f"{blocker}/x.####.png"], capsys)
     line = _one_error_line(err)
     assert code == 2 and str(blocker) in line, line
+
+
+class _Silent:
+    """A TCP server that accepts connections and never answers (a hung ComfyUI), counting them."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_status_names_why_a_server_is_offline_and_probes_a_hung_server_once(servers, tmp_path, capsys):
+    hung = _Silent()
+    try:
+        path = tmp_path / "with-hung.json"
+        path.write_text(json.dumps([*json.loads(servers.read_text()), {"name": "hung", "ip": "127.0.0.1",
+                                                                        "port": hung.port},
+                                    {"name": "gone", "ip": "127.0.0.1", "port": 9}]))
+        code, out, err = _run(["--servers", str(path), "status"], capsys)
+        assert len(hung.accepted) == 1, "a one-shot status probes each server once and does not wait for more"
+    finally:
+        hung.close()
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[-1] == "REASON"
+    by_name = {row.split()[0]: row for row in rows}
+    assert "offline" in by_name["gone"] and "refused" in by_name["gone"].lower(), by_name["gone"]
+    assert "offline" in by_name["hung"] and "timed out" in by_name["hung"], by_name["hung"]
+    assert by_name["gpu-01"].split()[1] == "online" and by_name["gpu-01"].rstrip().endswith(str(
+        json.loads(servers.read_text())[0]["port"]))

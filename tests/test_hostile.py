@@ -438,3 +438,60 @@ def test_submit_errors_are_comfy_cluster_errors(servers, tmp_path):
             job.result(timeout=HANG_LIMIT)
     assert isinstance(caught.value, (ProtocolError, ServerUnavailable))
     assert "'evil'" in str(caught.value) and "POST /prompt" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- outputs that are not what they say
+
+def _view_answering(body: bytes, content_type: str = "image/png") -> Handler:
+    async def view(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type)
+    return view
+
+
+BAD_VIEWS = {
+    "random-bytes": (bytes(range(256)) * 40, "image/png"),
+    "cut-off-png": (png_bytes()[:-20], "image/png"),
+    "cut-in-pixels": (png_bytes()[:60], "image/png"),
+    "html-page": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+    "raw-pixels": (Image.new("RGB", (8, 6)).tobytes(), "image/png"),
+    "empty": (b"", "image/png"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_VIEWS), ids=list(BAD_VIEWS))
+def test_an_output_that_is_not_a_whole_image_is_never_counted_as_rendered(servers, tmp_path, bad):
+    """A 200 from /view is not an image: the attempt fails with the reason, and the frame is
+    rendered elsewhere; alone on the bad server it fails and nothing takes the frame's name."""
+    body, content_type = BAD_VIEWS[bad]
+    liar = servers("liar", overrides={"/view": _view_answering(body, content_type)})
+    with cluster(liar) as pool:
+        result = run.animation_submit(EMPTY, pool=pool, frames="1-3", output=tmp_path / "alone" / "f.####.png",
+                                      retries=0, job_timeout=JOB_TIMEOUT).result(timeout=HANG_LIMIT)
+    assert sorted(result.failed) == [1, 2, 3] and not result.frames
+    assert "delivered output" in str(result.failed[1]) and "liar" in str(result.failed[1])
+    assert not [p for p in (tmp_path / "alone").glob("*") if p.name.startswith("f.")]
+    honest = servers("honest")
+    with cluster(liar, honest) as pool:
+        result = run.animation_submit(EMPTY, pool=pool, frames="1-6", output=tmp_path / "both" / "f.####.png",
+                                      retries=2, job_timeout=JOB_TIMEOUT).result(timeout=HANG_LIMIT)
+    assert result.ok and result.by_server == {"honest": 6}, (result.by_server, result.retries)
+    for frame in range(1, 7):
+        assert_colour(tmp_path / "both" / f"f.{frame:04d}.png")
+    assert any("liar" in reason for reasons in result.retries.values() for reason in reasons)
+
+
+async def history_without_outputs(request: web.Request) -> web.Response:
+    """/history/{id} says the prompt succeeded and lists no output at all."""
+    pid = request.path.rsplit("/", 1)[-1]
+    entry = {"prompt": [0, pid, {}, {}, []], "outputs": {},
+             "status": {"status_str": "success", "completed": True, "messages": []}, "meta": {}}
+    return web.json_response({pid: entry})
+
+
+def test_a_finished_prompt_without_outputs_is_a_failed_attempt(servers, tmp_path):
+    empty = servers("empty", overrides={"/history/": history_without_outputs, "/ws": no_websocket})
+    with cluster(empty) as pool:
+        result = run.animation_submit(EMPTY, pool=pool, frames="1-2", output=tmp_path / "f.####.png",
+                                      retries=0, job_timeout=JOB_TIMEOUT).result(timeout=HANG_LIMIT)
+    assert sorted(result.failed) == [1, 2] and not result.frames
+    assert "reported no output file" in str(result.failed[1]), result.failed[1]

@@ -614,3 +614,27 @@ def test_missing_and_folder_inputs_are_listed_at_once_and_nothing_is_sent(tmp_pa
     with pytest.raises(MissingInputs, match="a.png: not found"):
         run.submit(WORKFLOW, pool=pool, inputs={"LoadImage.image": str(tmp_path / "a.png")}, output_dir=tmp_path)
     assert pool.acquires == []
+
+
+def test_every_file_output_node_must_deliver(tmp_path):
+    """Two SaveImage nodes, a server that reports files of one: a failed attempt, retried, then failed."""
+    wf = {**WORKFLOW, "13": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "b"}}}
+    backend = FakeBackend("a")
+    res = run.animation_submit(wf, pool=FakePool(backend), frames="1-2", output=str(tmp_path / "o.####.png"),
+                               retries=1).result(30)
+    assert sorted(res.failed) == [1, 2] and len(backend.requests) == 4
+    assert "output node(s) 13 SaveImage delivered no file" in str(res.failed[1])
+    assert not list(tmp_path.glob("o.*.png"))
+
+
+def test_completed_events_split_run_time_from_waiting(tmp_path):
+    """The server's run time (``result.elapsed``) and the wait around it are reported apart."""
+    held = threading.Event()
+    backend = FakeBackend("a", 0.0, behaviour=lambda b, r, c: held.wait(0.3))  # 0.3 s queued, 0 s run
+    kwargs: dict[str, Any] = {}
+    events = _events(kwargs)
+    assert run.animation_submit(WORKFLOW, pool=FakePool(backend), frames="1", output=str(tmp_path / "o.#.png"),
+                                **kwargs).result(30).ok
+    done = [e for e in events if e.kind == "completed"][0].data
+    assert done["run_seconds"] == 0.0
+    assert done["wait_seconds"] == done["seconds"] >= 0.3
