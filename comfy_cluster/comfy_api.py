@@ -675,11 +675,20 @@ class ComfyClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    def withdraw(self, prompt_id: str) -> None:
+        """Take back our prompt: delete it from pending; interrupt it only if /queue shows it running.
+
+        ComfyUI before 0.3.57 ignores ``prompt_id`` on /interrupt and stops whatever runs, so
+        the check keeps another artist's prompt safe.
+        """
+        self.delete_pending([prompt_id])
+        if any(e.prompt_id == prompt_id for e in self.get_queue().running):
+            self.interrupt(prompt_id)
+
     def _withdraw(self, prompt_id: str) -> None:
         """Take back a prompt we will not let run; best effort, the rejection is the news."""
         try:
-            self.delete_pending([prompt_id])
-            self.interrupt(prompt_id)
+            self.withdraw(prompt_id)
         except ServerUnavailable as err:
             log.warning("server '%s': could not withdraw partially valid prompt %s: %s", self.name, prompt_id, err)
 

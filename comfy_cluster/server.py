@@ -518,11 +518,8 @@ class ComfyUIServer:
             relay.open({"backend": self.name, "prompt_id": pid})
             try:
                 entry = watch.wait(request.timeout, cancel=cancel, lost=lost)
-            except Cancelled:
+            except (Cancelled, JobTimeout):
                 self._withdraw(pid)
-                raise
-            except JobTimeout:
-                self._interrupt_ours(pid)
                 raise
         except ServerUnavailable:
             if self.request_probe is not None:
@@ -545,22 +542,27 @@ class ComfyUIServer:
         return PromptResult(prompt_id=pid, backend=self.name, outputs=outputs, elapsed=elapsed)
 
     def _submit(self, workflow: dict[str, Any], pid: str) -> None:
-        """POST /prompt; after a timeout, ask the server whether the prompt landed."""
+        """POST /prompt; when the answer is lost (timeout, reset, garbage), ask the server
+        whether the prompt landed before the frame is sent anywhere else."""
         try:
-            self.client.submit(workflow, client_id=self.client_id, prompt_id=pid)
+            answer = self.client.submit(workflow, client_id=self.client_id, prompt_id=pid)
+            if answer.prompt_id != pid:   # we would wait on an id the server does not know
+                raise ProtocolError(f"server '{self.name}': POST /prompt answered prompt id {answer.prompt_id!r} "
+                                    f"for our {pid!r}", server=self.name, prompt_id=pid)
         except MissingNodes:
             with self._lock:
                 self._classes_stale = True
             raise
-        except ServerTimeout:
-            if not self._landed(pid):
+        except ServerUnavailable as err:
+            if _refused(err) or not self._landed(pid):
                 raise
-            log.info("server %r: POST /prompt timed out but prompt %s landed", self.name, pid)
+            log.info("server %r: POST /prompt failed (%s) but prompt %s landed", self.name, err, pid)
         with self._lock:
             self._submit_seq += 1
             self._submitted[pid] = self._submit_seq
 
     def _landed(self, pid: str) -> bool:
+        """Queue first, then history: a prompt that finishes in between is seen in one of them."""
         try:
             queue = self.client.get_queue()
             if any(e.prompt_id == pid for e in (*queue.running, *queue.pending)):
@@ -570,21 +572,11 @@ class ComfyUIServer:
             return False
 
     def _withdraw(self, pid: str) -> None:
-        """Cancel our prompt: drop it from the pending queue, or interrupt it if it runs."""
+        """Cancel our prompt (``ComfyClient.withdraw``: never another artist's); best effort."""
         try:
-            self.client.delete_pending([pid])
+            self.client.withdraw(pid)
         except ComfyClusterError as err:
-            log.warning("server %r: could not remove prompt %s from the queue: %s", self.name, pid, err)
-        self._interrupt_ours(pid)
-
-    def _interrupt_ours(self, pid: str) -> None:
-        """Interrupt ``pid`` only if it is the running prompt (older servers ignore the id)."""
-        try:
-            queue = self.client.get_queue()
-            if any(e.prompt_id == pid for e in queue.running):
-                self.client.interrupt(prompt_id=pid)
-        except ComfyClusterError as err:
-            log.warning("server %r: could not interrupt prompt %s: %s", self.name, pid, err)
+            log.warning("server %r: could not withdraw prompt %s: %s", self.name, pid, err)
 
 
 class _EventRelay:

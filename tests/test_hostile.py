@@ -495,3 +495,62 @@ def test_a_finished_prompt_without_outputs_is_a_failed_attempt(servers, tmp_path
                                       retries=0, job_timeout=JOB_TIMEOUT).result(timeout=HANG_LIMIT)
     assert sorted(result.failed) == [1, 2] and not result.frames
     assert "reported no output file" in str(result.failed[1]), result.failed[1]
+
+
+class ResetAfterSubmit(ComfyEmulator):
+    """Queues every POST /prompt, then resets the connection instead of answering."""
+
+    def make_app(self) -> web.Application:
+        app = super().make_app()
+
+        @web.middleware
+        async def reset(request: web.Request, handler: Handler) -> web.StreamResponse:
+            response = await handler(request)
+            if request.method == "POST" and request.path == "/prompt" and request.transport is not None:
+                request.transport.abort()
+            return response
+
+        app.middlewares.insert(0, reset)
+        return app
+
+
+def test_a_reset_during_submit_asks_the_server_before_sending_the_frame_elsewhere(servers, tmp_path):
+    """The prompt landed although the answer was lost: it is followed there, never rendered twice."""
+    resetting = EmulatorThread(name="resetting")
+    resetting.emulator = ResetAfterSubmit(resetting.base_dir, name="resetting")
+    resetting.start()
+    try:
+        honest = servers("honest")
+        with cluster(resetting, honest) as pool:
+            result = run.animation_submit(EMPTY, pool=pool, frames="1-6", output=tmp_path / "f.####.png",
+                                          retries=2, job_timeout=JOB_TIMEOUT).result(timeout=HANG_LIMIT)
+        assert result.ok, result.failed
+        executed = [len(requests_history(emu)) for emu in (resetting, honest)]
+    finally:
+        resetting.stop()
+    assert result.by_server.get("resetting"), result.by_server
+    assert sum(executed) == 6, f"prompts run per server {executed}: a frame was rendered twice"
+    assert not result.retries
+
+
+def requests_history(emu: EmulatorThread) -> dict:
+    import requests
+
+    return requests.get(f"{emu.url}/history", timeout=10).json()
+
+
+async def other_prompt_id(request: web.Request) -> web.Response:
+    """POST /prompt answers 200 with an id that is not the one we sent."""
+    if request.method != "POST":
+        return web.json_response({"exec_info": {"queue_remaining": 0}})
+    return web.json_response({"prompt_id": "not-yours-0000", "number": 1, "node_errors": {}})
+
+
+def test_a_different_prompt_id_in_the_submit_answer_fails_the_attempt_at_once(servers, tmp_path):
+    liar = servers("renamer", overrides={"/prompt": other_prompt_id})
+    with cluster(liar) as pool:
+        batch = run.animation_submit(EMPTY, pool=pool, frames="1", output=tmp_path / "f.####.png", retries=0,
+                                     job_timeout=HANG_LIMIT * 4)
+        result = batch.result(timeout=HANG_LIMIT)   # far sooner than the job timeout
+    assert sorted(result.failed) == [1]
+    assert "answered prompt id 'not-yours-0000'" in str(result.failed[1]), result.failed[1]

@@ -297,3 +297,38 @@ def test_killed_server_goes_offline_and_the_running_prompt_is_lost(tmp_path: Pat
     finally:
         srv.close()
         proc.stop()
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "partial"])
+def test_withdrawing_ours_never_interrupts_another_artist_on_an_old_comfyui(
+        server: ComfyUIServer, emu: EmulatorThread, how: str) -> None:
+    """ComfyUI < 0.3.57 ignores prompt_id on /interrupt: every withdraw checks /queue first."""
+    server.update_status()
+    emu.set_faults(hang=True, interrupt_ignores_prompt_id=True)
+    try:
+        _withdraw_beside_another_artist(server, emu, how)
+    finally:
+        emu.set_faults(hang=False, interrupt_ignores_prompt_id=False)
+
+
+def _withdraw_beside_another_artist(server: ComfyUIServer, emu: EmulatorThread, how: str) -> None:
+    with ComfyClient(emu.url, timeouts=FAST) as other:
+        theirs = other.submit(graph(), client_id=OTHER_ARTIST).prompt_id
+        assert wait_until(lambda: [e.prompt_id for e in other.get_queue().running] == [theirs])
+        ours = uuid.uuid4().hex
+        cancel = threading.Event()
+        workflow = graph()
+        if how == "partial":   # a 200 with node_errors: the client withdraws the valid part at once
+            workflow = {**workflow, "8": {"class_type": "EmptyImage", "inputs": {"width": -5, "height": 4,
+                                                                                "batch_size": 1, "color": 0}},
+                        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "x"}}}
+        box = run_async(server, PromptRequest(ours, workflow, timeout=0.5 if how == "timeout" else 60.0), cancel)
+        if how == "cancel":
+            assert wait_until(lambda: ours in [e.prompt_id for e in other.get_queue().pending])
+            cancel.set()
+        box["thread"].join(20)
+        assert box.get("error") is not None
+        assert [e.prompt_id for e in other.get_queue().running] == [theirs]
+        emu.set_faults(hang=False)
+        assert wait_until(lambda: other.get_history(theirs)).status_str == "success"
+        assert other.get_history(ours) is None

@@ -71,6 +71,8 @@ class Faults:
     ws_garbage: bool = False
     seconds_per_job: float = 0.0
     seconds_per_node: float = 0.0
+    #: ComfyUI before 0.3.57: /interrupt ignores prompt_id and stops whatever runs
+    interrupt_ignores_prompt_id: bool = False
 
     def update(self, knobs: dict) -> None:
         """Apply knobs after checking every name and type, so a bad request changes nothing."""
@@ -942,7 +944,7 @@ class ComfyEmulator:
         except json.JSONDecodeError:
             body = {}
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        if prompt_id:
+        if prompt_id and not self.faults.interrupt_ignores_prompt_id:
             running, _ = self.queue.current()
             if any(len(item) > 1 and item[1] == prompt_id for item in running):
                 self.interrupt_flag.set()
