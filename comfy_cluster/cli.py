@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
-from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs
+from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs, capped
+from .frames import FrameSpec
 from .jobs import BatchEvent
 
 log = logging.getLogger(__name__)
@@ -283,10 +284,13 @@ def cmd_runpod_cost(args: argparse.Namespace, out: TextIO) -> int:
 class Progress:
     """Render progress on stderr: one redrawn line on a terminal, else a line every few seconds.
 
-    Fed by batch events (worker threads) and drawn by the main thread.
+    Fed by batch events (worker threads) and drawn by the main thread. With the batch, the
+    line also says why nothing runs (each backend's reason), which servers are out of
+    rotation, and which frames wait far past their server's seconds per job.
     """
 
-    def __init__(self, total: int, stream: TextIO, *, done: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, total: int, stream: TextIO, *, done: int = 0, clock: Callable[[], float] = time.monotonic,
+                 batch: Any = None) -> None:
         self.total = total
         self.stream = stream
         self.tty = stream.isatty()
@@ -294,6 +298,7 @@ class Progress:
         self.failed = 0
         self.by_server: dict[str, int] = {}
         self.retried = 0
+        self.batch = batch
         self._start = clock()
         self._clock = clock
         self._base = done
@@ -324,7 +329,25 @@ class Progress:
             text = (f"[{bar}] {self.done}/{self.total} done, {self.failed} failed"
                     f"{f', {self.retried} retried' if self.retried else ''}  {servers}  "
                     f"elapsed {_fmt_seconds(elapsed)}  ETA {_fmt_seconds(eta) if eta is not None else '-'}")
-        return text
+        return text + self._why()
+
+    def _why(self) -> str:
+        """What the batch is stuck on, if anything: read from its cache, never the network."""
+        if self.batch is None:
+            return ""
+        parts = []
+        blocked = self.batch.blocked
+        if blocked:
+            parts.append("nothing can run: " + "; ".join(capped(blocked, 4)))
+        benched = self.batch.benched
+        if benched:
+            parts.append("out of rotation: " + ", ".join(sorted(benched)))
+        overdue = self.batch.overdue()
+        if overdue:
+            parts.append("waiting: " + ", ".join(f"{label} on {server} {_fmt_seconds(waited)} (s/job {_fmt_seconds(per)})"
+                                                 for label, server, waited, per in overdue[:3])
+                         + (f" and {len(overdue) - 3} more" if len(overdue) > 3 else ""))
+        return "".join(f"  | {part}" for part in parts)
 
     def draw(self, final: bool = False) -> None:
         now = self._clock()
@@ -334,7 +357,6 @@ class Progress:
             self._last_plain = now
             self.stream.write(self.line() + "\n")
         self.stream.flush()
-
 
 def _follow(batch: Any, progress: Progress) -> None:
     """Draw progress until the batch ends; Ctrl-C cancels it (our prompts only)."""
@@ -364,10 +386,15 @@ def _summary(res: Any, out: TextIO, seconds: dict[str, list[tuple[float, float]]
     rendered = len(res.frames) - len(res.skipped)
     out.write(f"{rendered} frame(s) rendered, {len(res.skipped)} already done, {len(res.failed)} failed, "
               f"{len(res.cancelled)} cancelled in {_fmt_seconds(res.elapsed)}\n")
-    for frame, err in sorted(res.failed.items())[:10]:
-        out.write(f"  frame {frame}: {err}\n")
-    if len(res.failed) > 10:
-        out.write(f"  ... and {len(res.failed) - 10} more failed frames\n")
+    by_error: dict[str, list[int]] = {}
+    for frame, err in sorted(res.failed.items()):
+        by_error.setdefault(str(err), []).append(frame)
+    lines = []
+    for text, frames in by_error.items():   # one cause shared by many frames is shown once
+        label = f"frame {frames[0]}" if len(frames) == 1 else f"frames {FrameSpec.from_frames(frames)}"
+        lines.append(f"  {label}: " + text.replace("\n", "\n  "))
+    for line in capped(lines):
+        out.write(f"{line if line.startswith(' ') else '  ' + line}\n")
 
 
 def _run_batch(args: argparse.Namespace, out: TextIO, start: Callable[..., Any]) -> int:
@@ -383,7 +410,7 @@ def _run_batch(args: argparse.Namespace, out: TextIO, start: Callable[..., Any])
         batch = start(pool)
         batch.subscribe(collect)
         done, _, total = batch.progress
-        progress = Progress(total, sys.stderr, done=done)
+        progress = Progress(total, sys.stderr, done=done, batch=batch)
         batch.subscribe(progress.on_event)
         _follow(batch, progress)
         res = batch.result()
@@ -391,6 +418,11 @@ def _run_batch(args: argparse.Namespace, out: TextIO, start: Callable[..., Any])
         return EXIT_OK if res.ok else EXIT_FAILED
     finally:
         pool.close()
+
+
+def _wait_option(args: argparse.Namespace) -> dict[str, float]:
+    """``wait_for_server`` when ``--wait-for-server`` was given (else the library's default)."""
+    return {} if args.wait_for_server is None else {"wait_for_server": args.wait_for_server}
 
 
 def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
@@ -401,7 +433,8 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     values = _assignments(args.set, "value")
     return _run_batch(args, out, lambda pool: run.animation_submit(
         wf, pool=pool, frames=args.frames, inputs=inputs, values=values, output=args.output, chunk=args.chunk,
-        resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout))
+        resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout,
+        **_wait_option(args)))
 
 
 def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
@@ -414,7 +447,7 @@ def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
     def start(pool: Any) -> Any:
         batch = run.iteration_submit(wf, pool=pool, count=args.count, output=args.output, seed_mode=args.seed_mode,
                                      inputs=inputs, values=values, retries=args.retries, target=args.target,
-                                     job_timeout=args.job_timeout)
+                                     job_timeout=args.job_timeout, **_wait_option(args))
         for iteration, seeds in sorted(batch.seeds.items()):
             log.info("iteration %d seeds: %s", iteration, seeds)
         return batch
@@ -428,7 +461,8 @@ def cmd_submit(args: argparse.Namespace, out: TextIO) -> int:
     pool = _pool(args)
     try:
         job = run.submit(wf, pool=pool, inputs=_assignments(args.input, "input"), values=_assignments(args.set, "value"),
-                         output_dir=args.output, target=args.target, timeout=args.job_timeout)
+                         output_dir=args.output, target=args.target, timeout=args.job_timeout,
+                         **_wait_option(args))
         try:
             result = job.result()
         except KeyboardInterrupt:
@@ -471,6 +505,19 @@ def _add_work_options(p: argparse.ArgumentParser, *, pattern: bool) -> None:
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="literal override, e.g. 3.seed=42")
     p.add_argument("--target", default=None, help="a server name, 'runpod', or auto (default)")
     p.add_argument("--job-timeout", type=float, default=None, metavar="S", help="seconds per prompt before retrying")
+    p.add_argument("--wait-for-server", type=_seconds_arg, default=None, metavar="S",
+                   help="while no server (nor RunPod) can take the work, wait this long, then fail saying why "
+                        "(default 300)")
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return value
 
 
 def _register_status(sub: argparse._SubParsersAction) -> None:

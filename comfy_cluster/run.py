@@ -43,9 +43,12 @@ from .errors import (
     Cancelled,
     ComfyClusterError,
     Interrupted,
+    JobTimeout,
     MissingInputs,
     MissingNodes,
+    NoBackendAvailable,
     ProtocolError,
+    ServerTimeout,
     ServerUnavailable,
     WorkflowError,
     capped,
@@ -66,6 +69,17 @@ JOB_TIMEOUT_FACTOR = 10.0
 EARLY_STOP_AFTER = 2
 #: How often the scheduler re-checks the pool when no slot is free.
 WAIT_SLICE = 0.5
+#: Default seconds a batch waits while no backend at all can take its work (every server
+#: down, RunPod not configured or over budget) before it fails the unsent frames with
+#: ``NoBackendAvailable``: long enough for a server restart, short enough to be noticed.
+WAIT_FOR_SERVER = 300.0
+#: A backend whose attempts time out this many times in a row in a batch (a half-alive
+#: server: its status answers, its prompts never finish) is out of rotation for the batch.
+STRIKES = 2
+#: A running frame is shown as waiting once it is past this many times its server's
+#: measured seconds per job, and at least FAR_PAST_MIN seconds.
+FAR_PAST_FACTOR = 3.0
+FAR_PAST_MIN = 10.0
 
 WorkflowLike = Union[Workflow, Mapping[str, Any], str, "os.PathLike[str]"]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -207,9 +221,11 @@ class Batch:
                  retries: int = 3, target: str | None = None, strategy: str = "least_loaded",
                  job_timeout: float | None = None, on_event: EventHandler | None = None,
                  skipped: Mapping[int, list[Path]] | None = None, clock: Callable[[], float] = time.monotonic,
-                 max_workers: int | None = None) -> None:
+                 max_workers: int | None = None, wait_for_server: float = WAIT_FOR_SERVER) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if not wait_for_server >= 0:
+            raise ValueError(f"wait_for_server must be >= 0 seconds, got {wait_for_server!r}")
         self.batch_id = journal.header.batch_id if journal else uuid.uuid4().hex[:12]
         #: Unique per run (a resumed batch gets a new one): keeps server-side names and the
         #: prompt cache from ever handing back a previous run's file.
@@ -222,7 +238,12 @@ class Batch:
         self._target = target if target not in (None, "", "auto") else None
         self._strategy = strategy
         self._job_timeout = job_timeout
+        self._wait_for_server = float(wait_for_server)
         self._clock = clock
+        self._strikes: dict[str, int] = {}
+        self._benched: dict[str, str] = {}        # backend -> why it is out of rotation for this batch
+        self._blocked: list[str] = []             # why nothing can run, one line per backend; [] when something can
+        self._blocked_since: float | None = None
         self._skipped = dict(skipped or {})
         #: iteration_submit: the seeds of each iteration, {iteration: {"node.input": value}}
         self.seeds: dict[int, dict[str, Any]] = {}
@@ -267,6 +288,34 @@ class Batch:
     @property
     def journal_path(self) -> Path | None:
         return self._journal.path if self._journal else None
+
+    @property
+    def blocked(self) -> list[str]:
+        """Why no backend can take this batch's work right now, one line each; empty when one can."""
+        with self._cond:
+            return list(self._blocked)
+
+    @property
+    def benched(self) -> dict[str, str]:
+        """Backends out of rotation for this batch (their attempts kept timing out), with the reason."""
+        with self._cond:
+            return dict(self._benched)
+
+    def overdue(self) -> list[tuple[str, str, float, float]]:
+        """(task label, backend, seconds since sent, backend's s/job) for every frame in flight
+        far past its server's measured seconds per job, longest first."""
+        speed = {b.name: getattr(b, "seconds_per_job", None) for b in self._pool.backends}
+        now = self._clock()
+        out = []
+        with self._cond:
+            for task in self._tasks:
+                if task.state not in (JobState.SUBMITTED, JobState.RUNNING) or not task.attempts:
+                    continue
+                attempt = task.attempts[-1]
+                per_job, waited = speed.get(attempt.backend), now - attempt.started
+                if isinstance(per_job, (int, float)) and waited >= max(FAR_PAST_MIN, FAR_PAST_FACTOR * per_job):
+                    out.append((self._label(task), attempt.backend, waited, float(per_job)))
+        return sorted(out, key=lambda item: -item[2])
 
     def tasks(self) -> list[FrameTask]:
         """The frame tasks (live objects: read, do not change)."""
@@ -324,8 +373,12 @@ class Batch:
                     self._fail_pending(err)
                     continue
                 if leased is None:
+                    if self._give_up_if_nothing_runs():
+                        continue
                     self._pool.wait_for_change(WAIT_SLICE)
                     continue
+                with self._cond:
+                    self._blocked, self._blocked_since = [], None
                 task, lease = leased
                 with self._cond:
                     if task.state is not JobState.QUEUED or task not in self._pending:
@@ -374,13 +427,59 @@ class Batch:
         return None
 
     def _exclude(self, task: FrameTask) -> frozenset[str]:
-        """Backends that failed this task, as long as another one could take it."""
-        failed = task.failed_backends()
+        """Backends out of rotation, and those that failed this task as long as another one could take it."""
+        benched = frozenset(self._benched)
+        failed = task.failed_backends() - benched
         if not failed or self._target:
-            return frozenset()
+            return benched
         classes = self._plan.classes
-        others = [b for b in self._pool.backends if b.name not in failed and _available(b, classes)]
-        return failed if others else frozenset()
+        others = [b for b in self._pool.backends if b.name not in failed | benched and _available(b, classes)]
+        return failed | benched if others else benched
+
+    def _give_up_if_nothing_runs(self) -> bool:
+        """No slot was free: if that is because no backend can take work at all, say why
+        (``blocked``), and after ``wait_for_server`` seconds (at once when every backend is out
+        of rotation) fail the unsent frames with ``NoBackendAvailable``. True when it did."""
+        reasons, hopeless = self._why_nothing_runs()
+        now = self._clock()
+        with self._cond:
+            if not reasons:
+                self._blocked, self._blocked_since = [], None
+                return False
+            if self._blocked_since is None:
+                self._blocked_since = now
+                log.warning("batch %s: no backend can take work: %s", self.batch_id, "; ".join(reasons))
+            self._blocked = reasons
+            waited = now - self._blocked_since
+            if not hopeless and waited < self._wait_for_server:
+                return False
+            why = "every backend is out of rotation" if hopeless else f"waited {self._wait_for_server:g} s"
+            err = NoBackendAvailable(f"no backend could take the work ({why}):\n  "
+                                     + "\n  ".join(capped(reasons)))
+            doomed = self._drain_pending(err)
+        log.error("batch %s: %s", self.batch_id, err)
+        for task in doomed:
+            self._emit("failed", task.key, {"error": str(err)})
+        return True
+
+    def _why_nothing_runs(self) -> tuple[list[str], bool]:
+        """([], False) when some backend in scope can take work, even if it is busy now; else
+        one line per backend why it cannot, and whether none of them can ever again (all benched)."""
+        classes = self._plan.classes
+        scope = [b for b in self._pool.backends if self._target in (None, b.name)
+                 or (self._target == "runpod" and getattr(b, "kind", "") == "runpod")]
+        lines = []
+        for backend in scope:
+            if backend.name in self._benched:
+                lines.append(f"{backend.name}: out of rotation for this batch: {self._benched[backend.name]}")
+            elif _can_take_work(backend, classes):
+                return [], False
+            else:
+                lines.append(_why_not(backend, classes))
+        hopeless = bool(scope) and all(b.name in self._benched for b in scope)
+        if self._target in (None, "runpod") and not any(getattr(b, "kind", "") == "runpod" for b in scope):
+            lines.append("runpod: not configured (set RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY to burst there)")
+        return lines, hopeless
 
     def _fail_pending(self, err: ComfyClusterError) -> None:
         with self._cond:
@@ -543,6 +642,10 @@ class Batch:
 
     def _attempt_failed(self, task: FrameTask, attempt: Attempt, err: Exception) -> None:
         reason = _reason(err)
+        benched = self._strike(attempt.backend, err, reason)
+        if benched:
+            log.warning("batch %s: %s is out of rotation for this batch: %s", self.batch_id, attempt.backend, benched)
+            self._emit("benched", None, {"server": attempt.backend, "reason": benched})
         with self._cond:
             attempt.ended = self._clock()
             attempt.reason = reason
@@ -574,6 +677,18 @@ class Batch:
         elif _retryable(err):
             err = _exhausted(task, err)
         self._finish_failed(task, err)
+
+    def _strike(self, backend: str, err: Exception, reason: str) -> str | None:
+        """Count a timed-out attempt against ``backend``; the reason it is benched when this one did it."""
+        if not isinstance(err, (JobTimeout, ServerTimeout)) or self._target:
+            return None
+        with self._cond:
+            self._strikes[backend] = strikes = self._strikes.get(backend, 0) + 1
+            if strikes < STRIKES or backend in self._benched:
+                return None
+            self._benched[backend] = f"{strikes} attempts in a row timed out, last: {reason}"
+            self._cond.notify_all()
+            return self._benched[backend]
 
     def _finish_failed(self, task: FrameTask, err: ComfyClusterError) -> None:
         with self._cond:
@@ -612,6 +727,7 @@ class Batch:
                      result: PromptResult) -> None:
         seconds = (attempt.ended or self._clock()) - attempt.started
         with self._cond:
+            self._strikes[attempt.backend] = 0
             if task.state.is_final:
                 return
             task.set_state(JobState.DONE)
@@ -713,13 +829,15 @@ class Job:
 def submit(workflow: WorkflowLike, *, pool: _Pool, inputs: Mapping[str, PathLike] | None = None,
            values: Mapping[str, Any] | None = None, output_dir: PathLike | None = None,
            target: str | None = None, timeout: float | None = None, retries: int = 3,
-           strategy: str = "least_loaded", on_event: EventHandler | None = None) -> Job:
+           strategy: str = "least_loaded", on_event: EventHandler | None = None,
+           wait_for_server: float = WAIT_FOR_SERVER) -> Job:
     """Run one prompt on the best backend; outputs land in ``output_dir`` (default: the
     current folder) under the server's file names, made safe.
 
     ``inputs`` maps a binding (``"LoadImage.image"``) to a local file; ``values`` are literal
     overrides (``{"3.seed": 42}``); ``timeout`` is per attempt (default: generous, from the
-    backend's speed).
+    backend's speed). While no backend can take the job at all, it waits ``wait_for_server``
+    seconds, then fails with ``NoBackendAvailable`` naming each backend's reason.
     """
     wf = Workflow.load(workflow)
     if values:
@@ -731,7 +849,7 @@ def submit(workflow: WorkflowLike, *, pool: _Pool, inputs: Mapping[str, PathLike
     _check_inputs(plan, [0])
     task = FrameTask(frames=(0,))
     batch = Batch(pool, plan, [task], journal=None, retries=retries, target=target, strategy=strategy,
-                  job_timeout=timeout, on_event=on_event, max_workers=1)
+                  job_timeout=timeout, on_event=on_event, max_workers=1, wait_for_server=wait_for_server)
     return Job(batch.start())
 
 
@@ -740,7 +858,8 @@ def animation_submit(workflow: WorkflowLike, *, pool: _Pool, frames: str | Frame
                      values: Mapping[str, Any] | None = None, frame_values: FrameValues | None = None,
                      chunk: int = 1, resume: bool = False, retries: int = 3, target: str | None = None,
                      job_timeout: float | None = None, strategy: str = "least_loaded",
-                     on_event: EventHandler | None = None, journal: bool = True) -> Batch:
+                     on_event: EventHandler | None = None, journal: bool = True,
+                     wait_for_server: float = WAIT_FOR_SERVER) -> Batch:
     """Render a frame sequence over the whole cluster, one prompt per frame (or per
     ``chunk`` frames when the workflow renders a batch), written to ``output``'s frame names.
 
@@ -749,7 +868,9 @@ def animation_submit(workflow: WorkflowLike, *, pool: _Pool, frames: str | Frame
     ``{frame: {binding: value}}`` or a callable ``frame -> {binding: value}``. The k-th image
     of a frame goes to ``FramePattern.with_index(k)`` (``sh010_comfy_1.####.png``, or an
     ``{index}`` placeholder). ``resume=True`` renders only frames that the journal records
-    as done and whose files are still on disk.
+    as done and whose files are still on disk. While no backend can take work at all (every
+    server down, RunPod not configured or over budget) the batch waits ``wait_for_server``
+    seconds (``Batch.blocked`` says why), then fails the unsent frames with ``NoBackendAvailable``.
     """
     spec = _frame_spec(frames)
     pattern = FramePattern.parse(os.fspath(output))
@@ -766,14 +887,14 @@ def animation_submit(workflow: WorkflowLike, *, pool: _Pool, frames: str | Frame
                  classes=wf.class_types(), digest=digest)
     return _start_batch(pool, plan, spec, output=str(pattern), chunk=chunk, resume=resume, retries=retries,
                         target=target, job_timeout=job_timeout, strategy=strategy, on_event=on_event,
-                        use_journal=journal)
+                        use_journal=journal, wait_for_server=wait_for_server)
 
 
 def iteration_submit(workflow: WorkflowLike, *, pool: _Pool, count: int, output: PathLike,
                      seed_mode: str = "random", inputs: Mapping[str, PathLike] | None = None,
                      values: Mapping[str, Any] | None = None, retries: int = 3, target: str | None = None,
                      job_timeout: float | None = None, strategy: str = "least_loaded",
-                     on_event: EventHandler | None = None) -> Batch:
+                     on_event: EventHandler | None = None, wait_for_server: float = WAIT_FOR_SERVER) -> Batch:
     """Render ``count`` variations of one workflow in parallel, iterations numbered 1..count.
 
     Every seed-like input differs per iteration (``seed_mode`` "random" or "increment");
@@ -813,14 +934,14 @@ def iteration_submit(workflow: WorkflowLike, *, pool: _Pool, count: int, output:
                  digest=_digest(wf, bound, seeds, 1), noun="iteration", per_frame_workflows=per_iteration)
     batch = _start_batch(pool, plan, FrameSpec.from_range(1, count), output=text, chunk=1, resume=False,
                          retries=retries, target=target, job_timeout=job_timeout, strategy=strategy,
-                         on_event=on_event, use_journal=True)
+                         on_event=on_event, use_journal=True, wait_for_server=wait_for_server)
     batch.seeds = seeds
     return batch
 
 
 def _start_batch(pool: _Pool, plan: _Plan, spec: FrameSpec, *, output: str, chunk: int, resume: bool,
                  retries: int, target: str | None, job_timeout: float | None, strategy: str,
-                 on_event: EventHandler | None, use_journal: bool) -> Batch:
+                 on_event: EventHandler | None, use_journal: bool, wait_for_server: float) -> Batch:
     groups = [tuple(c.frames) for c in spec.chunks(chunk)]
     journal = None
     skipped: dict[int, list[Path]] = {}
@@ -844,7 +965,7 @@ def _start_batch(pool: _Pool, plan: _Plan, spec: FrameSpec, *, output: str, chun
         log.info("resuming: %d of %d frames already done, rendering %d", len(skipped), len(spec),
                  sum(len(t.frames) for t in tasks))
     batch = Batch(pool, plan, tasks, journal=journal, retries=retries, target=target, strategy=strategy,
-                  job_timeout=job_timeout, on_event=on_event, skipped=skipped)
+                  job_timeout=job_timeout, on_event=on_event, skipped=skipped, wait_for_server=wait_for_server)
     return batch.start()
 
 
@@ -977,6 +1098,31 @@ def _max_queue(backend: Any) -> int:
         return 1
 
 
+def _can_take_work(backend: Any, classes: frozenset[str]) -> bool:
+    """Able to take this work once a slot frees, busy or not: a ComfyUI server that is ready and
+    has the node classes; a RunPod endpoint that answers, is enabled and within its budget."""
+    if getattr(backend, "kind", "") != "runpod":
+        return _available(backend, classes)
+    state = getattr(getattr(backend, "state", None), "value", None)
+    return state in ("online", "busy", "booting") and getattr(backend, "blocked_reason", None) is None
+
+
+def _why_not(backend: Any, classes: frozenset[str]) -> str:
+    """``name: state (reason)``: why a backend cannot take work, from its status cache."""
+    try:
+        status = backend.get_status()
+    except Exception:  # a backend whose cache cannot answer: say what we know
+        status = backend
+    state = getattr(getattr(status, "state", None), "value", getattr(status, "state", None)) or "unavailable"
+    detail = getattr(status, "blocked_reason", None) or getattr(status, "last_error", None)
+    if state in ("online", "busy"):
+        missing = sorted(getattr(backend, "missing_classes", lambda c: frozenset())(classes))
+        detail = f"lacks node classes {', '.join(capped(missing, 5))}" if missing else detail
+    elif state == "disabled":
+        detail = "switched off"
+    return f"{backend.name}: {state}" + (f" ({' '.join(str(detail).split())})" if detail else "")
+
+
 def _available(backend: Any, classes: frozenset[str]) -> bool:
     try:
         return bool(backend.is_available(classes))
@@ -984,4 +1130,5 @@ def _available(backend: Any, classes: frozenset[str]) -> bool:
         return False
 
 
-__all__ = ["Batch", "BatchResult", "Job", "JobResult", "animation_submit", "iteration_submit", "submit"]
+__all__ = ["WAIT_FOR_SERVER", "Batch", "BatchResult", "Job", "JobResult", "animation_submit", "iteration_submit",
+           "submit"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import json
 from pathlib import Path
 
@@ -218,3 +219,52 @@ def test_status_names_why_a_server_is_offline_and_probes_a_hung_server_once(serv
     assert "offline" in by_name["hung"] and "timed out" in by_name["hung"], by_name["hung"]
     assert by_name["gpu-01"].split()[1] == "online" and by_name["gpu-01"].rstrip().endswith(str(
         json.loads(servers.read_text())[0]["port"]))
+
+
+def test_render_on_a_cluster_that_is_entirely_down_ends_with_every_reason(tmp_path, capsys):
+    """Nothing can take the work: the progress line says why, and after --wait-for-server the
+    batch ends, exit 1, one line per reason (each server, and RunPod's)."""
+    for frame in (1, 2):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"p.{frame}.png")
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(INVERT))
+    path = tmp_path / "down.json"
+    path.write_text(json.dumps([{"name": "gpu-01", "ip": "127.0.0.1", "port": 9},
+                                {"name": "gpu-02", "ip": "127.0.0.1", "port": 9, "enabled": False}]))
+    code, out, err = _run(["--servers", str(path), "render", str(wf), "--frames", "1-2", "--wait-for-server", "1",
+                           "--input", f"Plate.image={tmp_path / 'p.#.png'}", "--output", str(tmp_path / "o.#.png")],
+                          capsys)
+    assert code == 1, err
+    assert "2 failed" in out
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  frames 1-2: no backend could take the work"))
+    reasons = lines[start + 1:start + 4]
+    assert reasons[0].startswith("    gpu-01: offline (") and "refused" in reasons[0].lower(), reasons
+    assert reasons[1] == "    gpu-02: disabled (switched off)"
+    assert reasons[2].startswith("    runpod: not configured")
+    assert "nothing can run: gpu-01: offline" in err   # the progress line said why meanwhile
+
+
+def test_wait_for_server_must_be_a_number(capsys):
+    code, _, err = _run(["render", "wf.json", "--frames", "1", "--output", "o.#.png", "--wait-for-server", "soon"],
+                        capsys)
+    assert code == 2 and "--wait-for-server" in _one_error_line(err)
+
+
+def test_progress_line_shows_a_frame_waiting_far_past_its_servers_speed(tmp_path, monkeypatch):
+    from comfy_cluster import run
+    from tests.helpers import wait_until
+    from tests.test_run import WORKFLOW, FakeBackend, FakePool
+
+    monkeypatch.setattr(run, "FAR_PAST_MIN", 0.2)
+    release = threading.Event()
+    slow = FakeBackend("slow", behaviour=lambda b, r, c: release.wait(30))
+    slow.seconds_per_job = 0.01   # measured: 10 ms per job
+    batch = run.animation_submit(WORKFLOW, pool=FakePool(slow), frames="7", output=str(tmp_path / "o.#.png"))
+    progress = cli.Progress(1, io.StringIO(), batch=batch)
+    try:
+        assert wait_until(batch.overdue, what="frame 7 overdue")
+        assert "waiting: frame 7 on slow " in progress.line() and "(s/job 0.0s)" in progress.line()
+    finally:
+        release.set()
+    assert batch.result(30).ok and batch.overdue() == []

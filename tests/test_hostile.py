@@ -32,6 +32,7 @@ from comfy_cluster.errors import ComfyClusterError, ConfigError, ProtocolError, 
 from comfy_cluster.jobs import journal_path
 from comfy_cluster.pool import ComfyUIServerPool
 from comfy_cluster.run import BatchResult
+from tests.helpers import wait_until
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -554,3 +555,28 @@ def test_a_different_prompt_id_in_the_submit_answer_fails_the_attempt_at_once(se
         result = batch.result(timeout=HANG_LIMIT)   # far sooner than the job timeout
     assert sorted(result.failed) == [1]
     assert "answered prompt id 'not-yours-0000'" in str(result.failed[1]), result.failed[1]
+
+
+async def hang_forever(request: web.Request) -> web.Response:
+    await asyncio.sleep(3600)
+    return web.Response(status=500)
+
+
+def test_a_half_alive_server_is_taken_out_of_rotation_and_the_progress_line_names_it(servers, tmp_path):
+    """/queue and /system_stats answer, /history never does (and no websocket): its attempts
+    time out, it leaves the rotation for the batch, and every frame is rendered elsewhere."""
+    from comfy_cluster.cli import Progress
+
+    half = servers("half", overrides={"/history/": hang_forever, "/ws": no_websocket})
+    honest = servers("honest", seconds_per_job=0.2)
+    with cluster(half, honest) as pool:
+        assert wait_until(lambda: all(s.is_available() for s in pool.servers), what="both servers look online")
+        batch = run.animation_submit(EMPTY, pool=pool, frames="1-8", output=tmp_path / "f.####.png",
+                                     retries=3, job_timeout=JOB_TIMEOUT)
+        progress = Progress(8, io.StringIO(), batch=batch)
+        assert wait_until(lambda: batch.benched or batch.done, timeout=HANG_LIMIT, what="half benched")
+        line = progress.line()
+        result = batch.result(timeout=HANG_LIMIT)
+    assert result.ok and result.by_server == {"honest": 8}, (result.by_server, result.failed)
+    assert list(batch.benched) == ["half"] and "did not finish within" in batch.benched["half"]
+    assert "out of rotation: half" in line

@@ -27,11 +27,14 @@ from comfy_cluster.errors import (
     ExecutionFailed,
     MissingInputs,
     MissingNodes,
+    NoBackendAvailable,
+    ServerTimeout,
     ServerUnavailable,
     WorkflowError,
     WorkflowRejected,
 )
 from comfy_cluster.jobs import JobState, journal_path, read_journal
+from tests.helpers import wait_until
 
 WORKFLOW = {
     "10": {"class_type": "LoadImage", "inputs": {"image": "plate.png"}, "_meta": {"title": "Plate"}},
@@ -638,3 +641,65 @@ def test_completed_events_split_run_time_from_waiting(tmp_path):
     done = [e for e in events if e.kind == "completed"][0].data
     assert done["run_seconds"] == 0.0
     assert done["wait_seconds"] == done["seconds"] >= 0.3
+
+
+def _times_out(backend: FakeBackend, request: PromptRequest, cancel: threading.Event) -> None:
+    raise ServerTimeout(f"server {backend.name!r}: POST /prompt timed out after 30 s", server=backend.name)
+
+
+def test_a_backend_whose_attempts_keep_timing_out_is_out_of_rotation_for_the_batch(tmp_path):
+    half = FakeBackend("half", max_queue=1, behaviour=_times_out)
+    good = FakeBackend("good", 0.01, max_queue=1)
+    kwargs: dict[str, Any] = {}
+    events = _events(kwargs)
+    batch = run.animation_submit(WORKFLOW, pool=FakePool(half, good), frames="1-8", output=str(tmp_path / "o.#.png"),
+                                 retries=3, **kwargs)
+    res = batch.result(30)
+    assert res.ok and res.by_server == {"good": 8}
+    assert len(half.requests) == run.STRIKES
+    assert list(batch.benched) == ["half"] and "timed out" in batch.benched["half"]
+    assert [e.data["server"] for e in events if e.kind == "benched"] == ["half"]
+
+
+def test_when_every_backend_is_out_of_rotation_the_batch_ends_at_once(tmp_path):
+    half = FakeBackend("half", max_queue=1, behaviour=_times_out)
+    batch = run.animation_submit(WORKFLOW, pool=FakePool(half), frames="1-5", output=str(tmp_path / "o.#.png"),
+                                 retries=5)   # the default wait_for_server (300 s) does not apply: nothing can change
+    res = batch.result(30)
+    assert sorted(res.failed) == [1, 2, 3, 4, 5] and len(half.requests) == run.STRIKES
+    assert isinstance(res.failed[5], NoBackendAvailable)
+    assert "half: out of rotation for this batch: 2 attempts in a row timed out" in str(res.failed[5])
+
+
+class FakeRunPod(FakeBackend):
+    kind = "runpod"
+
+    def __init__(self, blocked_reason: str | None) -> None:
+        super().__init__("runpod")
+        self.blocked_reason = blocked_reason
+
+    @property
+    def state(self) -> Any:
+        from comfy_cluster.server import ServerState
+
+        return ServerState.ONLINE
+
+
+def test_nothing_able_to_take_work_says_why_then_ends_after_wait_for_server(tmp_path):
+    down = FakeBackend("gpu-01")
+    down.online = False
+    broke = FakeRunPod("daily budget $5.00 reached: $5.01 spent today, next job est. $0.02")
+    pool = FakePool(down, broke)
+    broke.online = False   # the fake pool hands out nothing; the reasons come from the batch
+    batch = run.animation_submit(WORKFLOW, pool=pool, frames="1-3", output=str(tmp_path / "o.#.png"),
+                                 wait_for_server=1.0)
+    assert wait_until(lambda: batch.blocked or batch.done, what="the batch says why nothing runs")
+    res = batch.result(30)
+    assert sorted(res.failed) == [1, 2, 3] and pool.acquires == []
+    message = str(res.failed[1])
+    assert message.splitlines() == [
+        "no backend could take the work (waited 1 s):",
+        "  gpu-01: unavailable",
+        "  runpod: online (daily budget $5.00 reached: $5.01 spent today, next job est. $0.02)"]
+    with pytest.raises(ValueError, match="wait_for_server"):
+        run.animation_submit(WORKFLOW, pool=pool, frames="1", output=str(tmp_path / "x.#.png"), wait_for_server=-1)
