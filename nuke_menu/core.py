@@ -238,10 +238,11 @@ def start(settings: RenderSettings, *, pool: Any, inputs: dict[str, str],
     if settings.mode is Mode.ITERATIONS:
         return run.iteration_submit(workflow, pool=pool, count=settings.iterations, output=settings.output,
                                     seed_mode=settings.seed_mode, inputs=inputs, values=values, target=target,
-                                    on_event=on_event)
+                                    on_event=on_event, wait_for_server=settings.wait_for_server)
     frames = str(settings.frame) if settings.mode is Mode.SINGLE else settings.frames
     return run.animation_submit(workflow, pool=pool, frames=frames, inputs=inputs, output=settings.output,
-                                values=values, chunk=settings.chunk, target=target, on_event=on_event)
+                                values=values, chunk=settings.chunk, target=target, on_event=on_event,
+                                wait_for_server=settings.wait_for_server)
 
 
 def outcome(work: Any, timeout: float | None = None) -> Outcome:

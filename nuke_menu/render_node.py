@@ -94,6 +94,10 @@ def add_knobs(node: nuke.Node, target_names: list[str]) -> None:
     chunk.setValue(1)
     chunk.setTooltip("Frames per prompt; 1 spreads the range over the most GPUs.")
     node.addKnob(chunk)
+    wait = nuke.Int_Knob(s.KNOB_WAIT_FOR_SERVER, "wait for server (s)")
+    wait.setValue(s.DEFAULT_WAIT_FOR_SERVER)
+    wait.setTooltip("While no server (nor RunPod) can take the work, wait this long, then fail saying why.")
+    node.addKnob(wait)
     node.addKnob(nuke.PyScript_Knob(s.KNOB_SUBMIT, "Submit", SUBMIT_COMMAND))
     node.addKnob(nuke.Text_Knob(s.KNOB_STATUS, "", ""))
 
@@ -124,7 +128,14 @@ def read_settings(node: nuke.Node) -> s.RenderSettings:
         output=output,
         target=str(node[s.KNOB_TARGET].value()),
         chunk=int(node[s.KNOB_CHUNK].value()),
+        wait_for_server=_wait_for_server(node),
     )
+
+
+def _wait_for_server(node: nuke.Node) -> float:
+    """The knob's value; a node made before the knob existed gets the default."""
+    knob = node.knob(s.KNOB_WAIT_FOR_SERVER)
+    return float(knob.value()) if knob is not None else float(s.DEFAULT_WAIT_FOR_SERVER)
 
 
 def binding_problems(node: nuke.Node) -> list[str]:

@@ -35,6 +35,7 @@ KNOB_SEED_MODE = "seed_mode"
 KNOB_OUTPUT = "output"
 KNOB_TARGET = "target"
 KNOB_CHUNK = "chunk"
+KNOB_WAIT_FOR_SERVER = "wait_for_server"
 KNOB_SUBMIT = "submit"
 KNOB_STATUS = "status"
 #: A hidden knob that marks a Group as a ComfyUI Render node.
@@ -46,6 +47,9 @@ INPUT_COUNT = 3
 TARGET_AUTO = "auto"
 TARGET_RUNPOD = "runpod"
 SEED_MODES = ("random", "increment", "fixed")
+#: Seconds a submit waits while no backend can take its work, then fails saying why
+#: (``comfy_cluster.run.WAIT_FOR_SERVER``, ``--wait-for-server`` on the shell).
+DEFAULT_WAIT_FOR_SERVER = 300
 DEFAULT_BINDINGS = "0 = LoadImage.image"
 
 _BINDING_RE = re.compile(r"^\s*(\d+)\s*[=:]\s*(\S+)\s*$")
@@ -85,6 +89,7 @@ class RenderSettings:
     output: str
     target: str
     chunk: int
+    wait_for_server: float = DEFAULT_WAIT_FOR_SERVER
 
     @property
     def frames(self) -> FrameSpec:
@@ -161,6 +166,8 @@ def check(settings: RenderSettings) -> list[str]:
         problems.append(f"seed mode: {settings.seed_mode!r} is not one of {', '.join(SEED_MODES)}")
     if settings.chunk < 1:
         problems.append(f"chunk size: must be 1 or more, got {settings.chunk}")
+    if settings.wait_for_server < 0:
+        problems.append(f"wait for server: must be 0 or more seconds, got {settings.wait_for_server:g}")
     if not settings.output.strip():
         problems.append("output: no output path is set (save the script first for the default beside it)")
     else:

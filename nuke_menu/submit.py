@@ -43,21 +43,35 @@ MAX_LISTED_FAILURES = 20
 class Progress(Protocol):
     """Where a running submission reports (a Nuke progress bar, or the log)."""
 
-    def update(self, done: int, failed: int, total: int, by_server: dict[str, int]) -> None: ...
+    def update(self, done: int, failed: int, total: int, by_server: dict[str, int], why: str = "") -> None: ...
 
     def cancelled(self) -> bool: ...
 
     def close(self) -> None: ...
 
 
-def progress_text(done: int, failed: int, total: int, by_server: dict[str, int]) -> str:
-    """``"4 of 6 frames done, 1 failed (gpu-01: 2, gpu-02: 2)"``."""
+def progress_text(done: int, failed: int, total: int, by_server: dict[str, int], why: str = "") -> str:
+    """``"4 of 6 frames done, 1 failed (gpu-01: 2, gpu-02: 2)"``, then why nothing runs, if so."""
     text = f"{done} of {total} frames done"
     if failed:
         text += f", {failed} failed"
     if by_server:
         text += " (" + ", ".join(f"{name}: {count}" for name, count in sorted(by_server.items())) + ")"
+    if why:
+        text += f"; {why}"
     return text
+
+
+def why_waiting(work: Any) -> str:
+    """What a batch is stuck on (``Batch.blocked``, ``Batch.benched``), from its cache."""
+    parts = []
+    blocked = list(getattr(work, "blocked", None) or [])
+    if blocked:
+        parts.append("nothing can run: " + "; ".join(blocked))
+    benched = dict(getattr(work, "benched", None) or {})
+    if benched:
+        parts.append("out of rotation: " + ", ".join(sorted(benched)))
+    return "; ".join(parts)
 
 
 class TaskProgress:
@@ -66,10 +80,10 @@ class TaskProgress:
     def __init__(self, title: str) -> None:
         self._task: Any = nuke.ProgressTask(title)
 
-    def update(self, done: int, failed: int, total: int, by_server: dict[str, int]) -> None:
+    def update(self, done: int, failed: int, total: int, by_server: dict[str, int], why: str = "") -> None:
         if self._task is not None:
             self._task.setProgress(int(100 * (done + failed) / max(total, 1)))
-            self._task.setMessage(progress_text(done, failed, total, by_server))
+            self._task.setMessage(progress_text(done, failed, total, by_server, why))
 
     def cancelled(self) -> bool:
         return self._task is not None and bool(self._task.isCancelled())
@@ -83,12 +97,12 @@ class LogProgress:
 
     def __init__(self, title: str) -> None:
         self._title = title
-        self._last: tuple[int, int] | None = None
+        self._last: tuple[int, int, str] | None = None
 
-    def update(self, done: int, failed: int, total: int, by_server: dict[str, int]) -> None:
-        if (done, failed) != self._last:
-            self._last = (done, failed)
-            log.info("%s: %s", self._title, progress_text(done, failed, total, by_server))
+    def update(self, done: int, failed: int, total: int, by_server: dict[str, int], why: str = "") -> None:
+        if (done, failed, why) != self._last:
+            self._last = (done, failed, why)
+            log.info("%s: %s", self._title, progress_text(done, failed, total, by_server, why))
 
     def cancelled(self) -> bool:
         return False
@@ -232,7 +246,7 @@ class Submission:
             while True:
                 done, failed, total = work.progress
                 entry.servers = tracker.by_server
-                progress.update(done, failed, total, entry.servers)
+                progress.update(done, failed, total, entry.servers, why_waiting(work))
                 if progress.cancelled() and not cancelled:
                     log.info("%s: cancelled by the user", self.settings.node)
                     work.cancel()

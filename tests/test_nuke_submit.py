@@ -274,3 +274,24 @@ def test_reachability_reads_the_cache_and_trusts_a_server_not_probed_yet():
         assert core.reachability_problem(pool, "gpu-dead").startswith("target: server 'gpu-dead' is offline")
     finally:
         pool.close()
+
+
+def test_the_wait_for_server_knob_ends_a_submit_nothing_can_take(session):
+    """The Render node's 'wait for server' knob: the progress message says why nothing runs,
+    then the frames fail with every backend's reason instead of waiting forever."""
+    pool = ComfyUIServerPool([ServerConfig(name="gpu-01", ip="127.0.0.1", port=9)])   # never answers
+    try:
+        node = make_render_node(session)
+        assert node[s.KNOB_WAIT_FOR_SERVER].value() == s.DEFAULT_WAIT_FOR_SERVER == 300
+        node[s.KNOB_WAIT_FOR_SERVER].setValue(1)
+        assert render_node.read_settings(node).wait_for_server == 1.0
+        submission = submit_nodes([node], pool=pool)[0]
+        nuke.fake_run_main_thread(until=submission.finished.is_set, timeout=60)
+    finally:
+        pool.close()
+    outcome = submission.outcome
+    assert outcome is not None and sorted(outcome.failed) == list(range(FIRST, LAST + 1))
+    assert "no backend could take the work (waited 1 s)" in outcome.failed[FIRST]
+    assert "gpu-01: offline" in outcome.failed[FIRST] and "runpod: not configured" in outcome.failed[FIRST]
+    messages = [m for _, m in nuke.fake_progress_tasks[0].history]
+    assert any("nothing can run: gpu-01: offline" in m for m in messages), messages
