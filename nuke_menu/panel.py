@@ -26,6 +26,7 @@ COLUMNS = ("State", "Server", "Address", "Queue run/pend", "GPU", "VRAM free/tot
 STATE_COLOURS = {"online": "#3f9b4a", "busy": "#d08a1e", "booting": "#3b78c2", "offline": "#c0392b",
                  "disabled": "#7f7f7f", "blocked": "#c0392b", "idle": "#3f9b4a", "ready": "#3f9b4a"}
 GIB = 1024 ** 3
+GPU_COLUMN, VRAM_COLUMN = COLUMNS.index("GPU"), COLUMNS.index("VRAM free/total")
 
 
 def _state_text(state: Any) -> str:
@@ -148,6 +149,9 @@ class StatusPanel(QtWidgets.QWidget):
         device = status.devices[0] if status.devices else None
         gpu = "-" if device is None else _gpu_name(str(device.name))
         vram = "-" if device is None else f"{_gib(device.vram_free)}/{_gib(device.vram_total)} GB"
+        stale = "" if state in core.READY_STATES or device is None else f"last seen: {gpu}, VRAM {vram} free/total"
+        if stale:   # a server that does not answer has no current GPU or VRAM: blank, the last values in the tip
+            gpu = vram = "-"
         spj = "-" if status.seconds_per_job is None else f"{status.seconds_per_job:.1f}"
         texts = (state, status.name, status.address, f"{status.queue_running}/{status.queue_pending}", gpu, vram,
                  f"{status.in_flight}/{status.max_queue}", spj, str(status.priority))
@@ -157,6 +161,8 @@ class StatusPanel(QtWidgets.QWidget):
                 item = QtWidgets.QTableWidgetItem()
                 self.table.setItem(row, column, item)
             item.setText(text)
+            if column in (GPU_COLUMN, VRAM_COLUMN):
+                item.setToolTip(stale)
             if column == 0:
                 item.setBackground(QtGui.QColor(STATE_COLOURS.get(state, "#7f7f7f")))
                 item.setForeground(QtGui.QColor("white"))
