@@ -117,7 +117,7 @@ def run_demo(frames: int = 24, output: Path = Path("demo-output"), out: TextIO |
     out.flush()
     emulator = EmulatorProcess(port=0, count=len(DEMO_SERVERS), name="demo", base_dir=output / "servers")
     try:
-        emulator.start(timeout=30)
+        emulator.start()
         for url, (_, seconds) in zip(emulator.urls, DEMO_SERVERS):
             requests.post(f"{url}/_emulator/faults", json={"seconds_per_job": seconds}, timeout=10).raise_for_status()
         servers = [(name, port) for (name, _), port in zip(DEMO_SERVERS, emulator.ports)]

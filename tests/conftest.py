@@ -1,4 +1,4 @@
-"""Shared fixtures. Every test starts with no comfy-cluster or RunPod variables set."""
+"""Shared fixtures. Every test starts with no comfy-cluster, RunPod or proxy variables set."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import os
 
 import pytest
 
+from comfy_cluster.emulator.process import START_TIMEOUT
+
 _PREFIXES = ("NUKE_COMFYUI_", "RUNPOD_", "COMFY_CLUSTER_")
+#: Proxy settings, in every case (requests reads both): a proxy would take loopback traffic.
+_PROXY_VARS = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A studio machine's own settings must never leak into a test."""
+    """A studio machine's own settings (and its proxies) must never leak into a test."""
     for key in list(os.environ):
-        if key.startswith(_PREFIXES):
+        if key.startswith(_PREFIXES) or key.lower() in _PROXY_VARS:
             monkeypatch.delenv(key, raising=False)
 
 
@@ -56,7 +60,7 @@ def emulator_factory():
     started = []
 
     def make(**kwargs):
-        timeout = kwargs.pop("timeout", 15.0)
+        timeout = kwargs.pop("timeout", START_TIMEOUT)
         proc = EmulatorProcess(**kwargs)
         started.append(proc)
         return proc.start(timeout=timeout)

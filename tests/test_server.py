@@ -194,7 +194,7 @@ def test_run_prompt_end_to_end(server: ComfyUIServer, tmp_path: Path) -> None:
     result = server.run_prompt(PromptRequest(pid, graph(0x204061, prefix=f"shot010_{pid[:6]}"), label="frame 1001"),
                                on_event=lambda k, d: events.append((k, d)), cancel=threading.Event())
     assert result.prompt_id == pid and result.backend == "gpu-01"
-    assert 0 < result.elapsed < 5
+    assert result.elapsed > 0
     kinds = [k for k, _ in events]
     assert kinds[0] == "submitted" and events[0][1] == {"backend": "gpu-01", "prompt_id": pid}
     assert "started" in kinds and ("executing", {"node": "2"}) in events

@@ -29,6 +29,10 @@ from .comfyui import ComfyEmulator
 READY_PREFIX = "COMFY_EMULATOR_READY"
 _READY = re.compile(READY_PREFIX + r" port=(\d+)")
 CONTROL_TIMEOUT = 10.0
+#: Longest wait for an emulator to come up. A healthy start returns as soon as it is ready;
+#: the deadline only bounds a broken one, so it is generous: a loaded 2-core machine can take
+#: tens of seconds to import aiohttp and numpy in a fresh child.
+START_TIMEOUT = 120.0
 
 
 class _Controlled:
@@ -78,7 +82,7 @@ class EmulatorThread(_Controlled):
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
-    def start(self, timeout: float = 10.0) -> EmulatorThread:
+    def start(self, timeout: float = START_TIMEOUT) -> EmulatorThread:
         self._thread = threading.Thread(target=self._run, name=f"emulator-{self.name}", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -164,7 +168,7 @@ class EmulatorProcess(_Controlled):
             cmd += ["--node-classes", ",".join(self.node_classes)]
         return cmd
 
-    def start(self, timeout: float = 15.0) -> EmulatorProcess:
+    def start(self, timeout: float = START_TIMEOUT) -> EmulatorProcess:
         """Spawn the child, wait for its ready lines, then for ``/system_stats`` to answer."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(self.base_dir / "emulator.log", "ab")  # noqa: SIM115 - handed to the child
@@ -237,7 +241,7 @@ class EmulatorProcess(_Controlled):
         if self._owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def restart(self, timeout: float = 15.0) -> EmulatorProcess:
+    def restart(self, timeout: float = START_TIMEOUT) -> EmulatorProcess:
         """Kill if running, then start again on the same port(s) and base directory."""
         self.kill()
         return self.start(timeout)
