@@ -420,9 +420,11 @@ def _run_batch(args: argparse.Namespace, out: TextIO, start: Callable[..., Any])
         pool.close()
 
 
-def _wait_option(args: argparse.Namespace) -> dict[str, float]:
-    """``wait_for_server`` when ``--wait-for-server`` was given (else the library's default)."""
-    return {} if args.wait_for_server is None else {"wait_for_server": args.wait_for_server}
+def _wait_for_server(args: argparse.Namespace) -> float:
+    """``--wait-for-server``, or the library's default (``run.WAIT_FOR_SERVER``)."""
+    from .run import WAIT_FOR_SERVER
+
+    return WAIT_FOR_SERVER if args.wait_for_server is None else float(args.wait_for_server)
 
 
 def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
@@ -434,7 +436,7 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     return _run_batch(args, out, lambda pool: run.animation_submit(
         wf, pool=pool, frames=args.frames, inputs=inputs, values=values, output=args.output, chunk=args.chunk,
         resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout,
-        **_wait_option(args)))
+        wait_for_server=_wait_for_server(args)))
 
 
 def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
@@ -447,7 +449,7 @@ def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
     def start(pool: Any) -> Any:
         batch = run.iteration_submit(wf, pool=pool, count=args.count, output=args.output, seed_mode=args.seed_mode,
                                      inputs=inputs, values=values, retries=args.retries, target=args.target,
-                                     job_timeout=args.job_timeout, **_wait_option(args))
+                                     job_timeout=args.job_timeout, wait_for_server=_wait_for_server(args))
         for iteration, seeds in sorted(batch.seeds.items()):
             log.info("iteration %d seeds: %s", iteration, seeds)
         return batch
@@ -462,7 +464,7 @@ def cmd_submit(args: argparse.Namespace, out: TextIO) -> int:
     try:
         job = run.submit(wf, pool=pool, inputs=_assignments(args.input, "input"), values=_assignments(args.set, "value"),
                          output_dir=args.output, target=args.target, timeout=args.job_timeout,
-                         **_wait_option(args))
+                         wait_for_server=_wait_for_server(args))
         try:
             result = job.result()
         except KeyboardInterrupt:

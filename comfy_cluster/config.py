@@ -260,7 +260,7 @@ class ServerConfig(BaseModel):
             raise ValueError("\n".join(f"{field}: {message}" for field, message in problems))
         return self
 
-    def __repr_args__(self):  # type: ignore[override]
+    def __repr_args__(self):
         for key, value in super().__repr_args__():
             yield key, ({k: "***" for k in value} if key == "headers" else value)
 

@@ -303,7 +303,7 @@ class FramePattern:
             tokens = ", ".join(f"{m.group(0)!r} at {m.start()}" for m in found)
             raise ValueError(f"pattern {text!r} has {len(found)} frame tokens ({tokens}); use exactly one")
         m = found[0]
-        style = m.lastgroup
+        style = m.lastgroup or ""   # one alternative always matched: found holds only matches
         digits = m.group(style)
         if style in ("hash", "at"):
             padding = len(digits)

@@ -176,8 +176,9 @@ class CostReport:
         lines = [f"RunPod spend today: ${self.today:.4f}{budget} ({self.jobs_today} job(s))",
                  f"all time: ${self.total:.4f} over {self.jobs} job(s)"]
         if self.average_per_job is not None:
-            lines.append(f"average per job: ${self.average_per_job:.4f}"
-                         f" (queue/cold start {self.delay_ms_average / 1000:.1f} s on average, not billed)")
+            delay = "" if self.delay_ms_average is None else (
+                f" (queue/cold start {self.delay_ms_average / 1000:.1f} s on average, not billed)")
+            lines.append(f"average per job: ${self.average_per_job:.4f}{delay}")
         lines.extend(f"  batch {name or '(none)'}: ${cost:.4f}" for name, cost in sorted(self.by_batch.items()))
         return "\n".join(lines)
 

@@ -24,6 +24,7 @@ must hand them to its own thread (Nuke: ``executeInMainThread``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -608,7 +609,7 @@ class Batch:
         files: dict[int, list[Path]] = {f: [] for f in task.frames}
         for frame, index, ref in _assign_outputs(task, result):
             dest = self._plan.names.path(frame, index, ref)
-            atomic_write(dest, lambda tmp, ref=ref: self._fetch_checked(task, result, ref, tmp))
+            atomic_write(dest, functools.partial(self._fetch_checked, task, result, ref))
             files[frame].append(dest)
         return files
 
@@ -1052,7 +1053,7 @@ def _assign_outputs(task: FrameTask, result: PromptResult) -> list[tuple[int, in
     by_node: dict[str, list[OutputRef]] = {}
     for ref in result.outputs:
         by_node.setdefault(ref.node_id, []).append(ref)
-    out = []
+    out: list[tuple[int, int, OutputRef]] = []
     for index, (node, refs) in enumerate(by_node.items()):
         if len(refs) != len(task.frames):
             raise WorkflowError(f"{task.label}: output node {node} gave {len(refs)} images for {len(task.frames)} "

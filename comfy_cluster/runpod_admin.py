@@ -260,7 +260,8 @@ def _graphql_input(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _settings(endpoint_id: str, data: Mapping[str, Any], via: str) -> EndpointSettings:
     """REST v2 nests ``workers: {min, max, idleTimeout}``; v1 and GraphQL are flat."""
-    workers = data.get("workers") if isinstance(data.get("workers"), dict) else {}
+    nested = data.get("workers")
+    workers = nested if isinstance(nested, dict) else {}
     def pick(nested: str, flat: str) -> Any:
         return workers.get(nested, data.get(flat))
     w_min, w_max = pick("min", "workersMin"), pick("max", "workersMax")

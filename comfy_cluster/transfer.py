@@ -16,6 +16,7 @@ we write lands atomically (temp file in the same folder, fsync, ``os.replace``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -143,9 +144,8 @@ def stage_inputs(config: ServerConfig, client: ComfyClient, workflow: dict,
         if config.transfer == "shared":
             _place_shared(config, Path(path), name)
         else:
-            cache.ensure(config.name, name,
-                         lambda p=Path(path), n=name: client.upload_image(p, n, subfolder=INPUT_SUBFOLDER,
-                                                                         overwrite=True))
+            cache.ensure(config.name, name, functools.partial(client.upload_image, Path(path), name,
+                                                              subfolder=INPUT_SUBFOLDER, overwrite=True))
         names[key] = f"{INPUT_SUBFOLDER}/{name}"
     if config.transfer == "shared":
         staged = PathMapper(config.mappings()).map_strings(staged, "to_remote")
@@ -296,7 +296,7 @@ def safe_join(folder: Path, name: str) -> Path:
     return path
 
 
-def atomic_write(dest: Path, fetch: Callable[[Path], None]) -> Path:
+def atomic_write(dest: Path, fetch: Callable[[Path], object]) -> Path:
     """Have ``fetch`` write a temp file next to ``dest``, fsync it, then rename it into place.
 
     Readers see the old file or the whole new one, never a part. The temp file is removed on

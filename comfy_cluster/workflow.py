@@ -24,6 +24,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import random
 from enum import Enum
 from pathlib import Path
@@ -141,7 +142,7 @@ class Workflow:
         return cls(_json_object(text, f"workflow file '{path}'"), name=str(path))
 
     @classmethod
-    def load(cls, source: Workflow | Mapping[str, Any] | str | Path) -> Workflow:
+    def load(cls, source: Workflow | Mapping[str, Any] | str | os.PathLike[str]) -> Workflow:
         """A workflow from a Workflow, a graph dict, JSON text, or a file path."""
         if isinstance(source, Workflow):
             return source
@@ -149,8 +150,8 @@ class Workflow:
             return cls.from_dict(source)
         if isinstance(source, str) and source.lstrip().startswith("{"):
             return cls(_json_object(source, "workflow text"))
-        if isinstance(source, (str, Path)):
-            return cls.from_file(source)
+        if isinstance(source, (str, os.PathLike)):
+            return cls.from_file(Path(source))
         raise TypeError(f"cannot load a workflow from {type(source).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,7 +283,8 @@ class Workflow:
 
     # -- edits (each returns a new Workflow) ------------------------------------------------
 
-    def with_values(self, values: Mapping[Binding, Any], *, replace_links: bool = False,
+    def with_values(self, values: Mapping[str, Any] | Mapping[tuple[str, str], Any] | Mapping[Binding, Any], *,
+                    replace_links: bool = False,
                     allow_new: bool = False) -> Workflow:
         """Set literal inputs: ``{"3.seed": 42, "Plate.image": "sh010/plate.png"}``.
 

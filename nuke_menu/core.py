@@ -13,11 +13,19 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from comfy_cluster.errors import ComfyClusterError, WorkflowError
 
 from .settings import Mode, RenderSettings
+
+if TYPE_CHECKING:   # the seam is typed against the real core classes; imported lazily at run time
+    from comfy_cluster.jobs import BatchEvent
+    from comfy_cluster.pool import ComfyUIServerPool, PoolSnapshot
+    from comfy_cluster.run import Batch
+    from comfy_cluster.runpod_admin import RunPodAdmin
+    from comfy_cluster.server import ServerStatus
+    from comfy_cluster.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +33,12 @@ log = logging.getLogger(__name__)
 READY_STATES = frozenset({"online", "busy"})
 
 _lock = threading.Lock()
-_pool: Any = None
-_admin: Any = None
+_pool: ComfyUIServerPool | None = None
+_admin: RunPodAdmin | None = None
 _batches: list[ActiveWork] = []
 
 
-def shared_pool() -> Any:
+def shared_pool() -> ComfyUIServerPool:
     """The session's ``ComfyUIServerPool``, built from the environment and started once.
 
     Raises ``ConfigError`` (readable, names the variable and field) on a bad configuration.
@@ -43,7 +51,7 @@ def shared_pool() -> Any:
         return _pool
 
 
-def _pool_from_env(environ: Mapping[str, str]) -> Any:
+def _pool_from_env(environ: Mapping[str, str]) -> ComfyUIServerPool:
     """``ComfyUIServerPool.from_env`` with the configured RunPod endpoint and its admin."""
     global _admin
     from comfy_cluster.config import load_config
@@ -57,7 +65,7 @@ def _pool_from_env(environ: Mapping[str, str]) -> Any:
     return ComfyUIServerPool.from_config(cfg, environ=environ, reload=lambda: load_config(environ))
 
 
-def set_shared_pool(pool: Any, admin: Any = None) -> None:
+def set_shared_pool(pool: ComfyUIServerPool | None, admin: RunPodAdmin | None = None) -> None:
     """Use this pool (and RunPod admin) for the session: a studio tool's own, or a test's.
 
     ``set_shared_pool(None)`` forgets both.
@@ -67,21 +75,21 @@ def set_shared_pool(pool: Any, admin: Any = None) -> None:
         _pool, _admin = pool, admin
 
 
-def current_pool() -> Any:
+def current_pool() -> ComfyUIServerPool | None:
     """The shared pool if one was made, without making one."""
     return _pool
 
 
 # --------------------------------------------------------------------------- workflows
 
-def load_workflow(path: str) -> Any:
+def load_workflow(path: str) -> Workflow:
     """The workflow at ``path``; ``WorkflowError``/``OSError`` say why it is unusable."""
     from comfy_cluster.workflow import Workflow
 
     return Workflow.load(Path(path))
 
 
-def binding_problem(workflow: Any, spec: str) -> str | None:
+def binding_problem(workflow: Workflow, spec: str) -> str | None:
     """None if ``NODE.INPUT`` names exactly one input of the workflow, else the reason."""
     try:
         workflow.binding(spec)
@@ -90,7 +98,7 @@ def binding_problem(workflow: Any, spec: str) -> str | None:
     return None
 
 
-def value_problem(workflow: Any, assignment: str) -> str | None:
+def value_problem(workflow: Workflow, assignment: str) -> str | None:
     """None if ``NODE.INPUT=value`` parses and names an input of the workflow."""
     from comfy_cluster.workflow import parse_assignment
 
@@ -111,7 +119,7 @@ def parse_values(lines: tuple[str, ...]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- backends
 
-def reachability_problem(pool: Any, target: str | None) -> str | None:
+def reachability_problem(pool: ComfyUIServerPool, target: str | None) -> str | None:
     """None if the target (or, for auto, at least one backend) can take work now.
 
     Reads only the status cache (this runs on Nuke's main thread: no network). A server the
@@ -121,7 +129,7 @@ def reachability_problem(pool: Any, target: str | None) -> str | None:
     return _reachability(pool.snapshot(), target)
 
 
-def _reachability(snapshot: Any, target: str | None) -> str | None:
+def _reachability(snapshot: PoolSnapshot, target: str | None) -> str | None:
     servers = {s.name: s for s in snapshot.servers}
     runpod = snapshot.runpod
     runpod_ok = runpod is not None and not runpod.get("blocked_reason")
@@ -145,12 +153,12 @@ def _reachability(snapshot: Any, target: str | None) -> str | None:
     return "no backend is reachable: " + ("; ".join(lines) or "no servers configured")
 
 
-def _state(server: Any) -> str:
+def _state(server: ServerStatus) -> str:
     state = server.state
     return str(getattr(state, "value", state))
 
 
-def target_names(pool: Any) -> list[str]:
+def target_names(pool: ComfyUIServerPool) -> list[str]:
     """Values for the Render node's target knob: auto, every server, and runpod if set up."""
     snapshot = pool.snapshot()
     names = ["auto"] + [s.name for s in snapshot.servers]
@@ -159,17 +167,17 @@ def target_names(pool: Any) -> list[str]:
     return names
 
 
-def set_enabled(pool: Any, name: str, enabled: bool) -> None:
+def set_enabled(pool: ComfyUIServerPool, name: str, enabled: bool) -> None:
     """Enable or disable one server (called off the UI thread)."""
     (pool.enable if enabled else pool.disable)(name)
 
 
-def runpod_admin(pool: Any) -> Any:
+def runpod_admin(pool: ComfyUIServerPool) -> RunPodAdmin | None:
     """The ``RunPodAdmin`` of the session's endpoint, or None without RunPod."""
     return _admin if getattr(pool, "runpod", None) is not None else None
 
 
-def set_always_on(pool: Any, on: bool) -> str:
+def set_always_on(pool: ComfyUIServerPool, on: bool) -> str:
     """Keep one RunPod worker warm (workersMin 1) or let it scale to zero; network: not on the UI thread.
 
     Returns the admin's account of what it did; the pool's status shows the new setting.
@@ -182,7 +190,7 @@ def set_always_on(pool: Any, on: bool) -> str:
     return str(result)
 
 
-def read_runpod_settings(pool: Any) -> None:
+def read_runpod_settings(pool: ComfyUIServerPool) -> None:
     """Read workersMin/Max once so the status shows the always-on state (network)."""
     admin = runpod_admin(pool)
     if admin is not None:
@@ -217,13 +225,13 @@ class ActiveWork:
     """One running submission, as the status panel lists it."""
 
     label: str
-    work: Any
+    work: Work
     servers: dict[str, int] = field(default_factory=dict)
     finished: bool = False
 
 
-def start(settings: RenderSettings, *, pool: Any, inputs: dict[str, str],
-          on_event: Callable[[Any], None] | None = None) -> Any:
+def start(settings: RenderSettings, *, pool: ComfyUIServerPool, inputs: dict[str, str],
+          on_event: Callable[[BatchEvent], None] | None = None) -> Batch:
     """Start the work the settings describe; returns a ``Batch``.
 
     ``inputs`` maps ``NODE.INPUT`` to a rendered frame pattern (range) or file (single frame,
@@ -245,7 +253,7 @@ def start(settings: RenderSettings, *, pool: Any, inputs: dict[str, str],
                                 wait_for_server=settings.wait_for_server)
 
 
-def outcome(work: Any, timeout: float | None = None) -> Outcome:
+def outcome(work: Batch, timeout: float | None = None) -> Outcome:
     """Wait for the work and return what it produced; a cancel gives a partial outcome."""
     result = work.result(timeout=timeout)
     seeds = dict(getattr(work, "seeds", None) or {})
@@ -254,7 +262,7 @@ def outcome(work: Any, timeout: float | None = None) -> Outcome:
                    cancelled=bool(result.cancelled))
 
 
-def register(label: str, work: Any) -> ActiveWork:
+def register(label: str, work: Work) -> ActiveWork:
     """List the work in the status panel until ``finish`` is called."""
     entry = ActiveWork(label, work)
     with _lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ import textwrap
 import tomllib
 import zipfile
 from pathlib import Path
+
+import pytest
 
 import comfy_cluster
 
@@ -106,3 +109,14 @@ def test_env_module_is_importable_from_an_installed_wheel(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     where, port = done.stdout.split()
     assert Path(where).parent == site and port == "8190"
+
+
+def test_mypy_is_clean_over_both_packages() -> None:
+    """The core and the Nuke layer type-check together (config: [tool.mypy] in pyproject.toml),
+    the Nuke layer against the real Nuke API stubs."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.fail("mypy is not installed: pip install -e '.[dev]'")
+    if not any((Path(p) / "nuke-stubs" / "_nuke.pyi").is_file() for p in sys.path):
+        pytest.fail("the Nuke API stubs are not installed: pip install types-nuke")
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
