@@ -4,6 +4,7 @@
     comfy-cluster info SERVER
     comfy-cluster submit WORKFLOW [--input NODE.INPUT=PATH]... [--set NODE.INPUT=VALUE]... [--output DIR]
     comfy-cluster render WORKFLOW --frames RANGE --input NODE.INPUT=PATTERN --output PATTERN [--chunk N] [--resume]
+                         [--job-timeout S] [--wait-for-server S]
     comfy-cluster iterate WORKFLOW --count N [--seed-mode MODE] --output PATTERN
     comfy-cluster config check
     comfy-cluster emulator --port P [--count N] [--seconds-per-job S]

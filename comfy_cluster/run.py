@@ -44,18 +44,16 @@ from .errors import (
     Cancelled,
     ComfyClusterError,
     Interrupted,
-    JobTimeout,
     MissingInputs,
     MissingNodes,
-    NoBackendAvailable,
     ProtocolError,
-    ServerTimeout,
     ServerUnavailable,
     WorkflowError,
     capped,
 )
 from .frames import FramePattern, FrameSpec
 from .jobs import Attempt, BatchEvent, FrameTask, Journal, JournalHeader, JobState, journal_path
+from .rotation import Rotation, available
 from .transfer import atomic_write, output_problem, safe_output_name
 from .workflow import Workflow
 
@@ -74,9 +72,6 @@ WAIT_SLICE = 0.5
 #: down, RunPod not configured or over budget) before it fails the unsent frames with
 #: ``NoBackendAvailable``: long enough for a server restart, short enough to be noticed.
 WAIT_FOR_SERVER = 300.0
-#: A backend whose attempts time out this many times in a row in a batch (a half-alive
-#: server: its status answers, its prompts never finish) is out of rotation for the batch.
-STRIKES = 2
 #: A running frame is shown as waiting once it is past this many times its server's
 #: measured seconds per job, and at least FAR_PAST_MIN seconds.
 FAR_PAST_FACTOR = 3.0
@@ -225,8 +220,6 @@ class Batch:
                  max_workers: int | None = None, wait_for_server: float = WAIT_FOR_SERVER) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        if not wait_for_server >= 0:
-            raise ValueError(f"wait_for_server must be >= 0 seconds, got {wait_for_server!r}")
         self.batch_id = journal.header.batch_id if journal else uuid.uuid4().hex[:12]
         #: Unique per run (a resumed batch gets a new one): keeps server-side names and the
         #: prompt cache from ever handing back a previous run's file.
@@ -239,12 +232,8 @@ class Batch:
         self._target = target if target not in (None, "", "auto") else None
         self._strategy = strategy
         self._job_timeout = job_timeout
-        self._wait_for_server = float(wait_for_server)
         self._clock = clock
-        self._strikes: dict[str, int] = {}
-        self._benched: dict[str, str] = {}        # backend -> why it is out of rotation for this batch
-        self._blocked: list[str] = []             # why nothing can run, one line per backend; [] when something can
-        self._blocked_since: float | None = None
+        self._rotation = Rotation(target=self._target, wait_for_server=wait_for_server, clock=clock)
         self._skipped = dict(skipped or {})
         #: iteration_submit: the seeds of each iteration, {iteration: {"node.input": value}}
         self.seeds: dict[int, dict[str, Any]] = {}
@@ -293,14 +282,12 @@ class Batch:
     @property
     def blocked(self) -> list[str]:
         """Why no backend can take this batch's work right now, one line each; empty when one can."""
-        with self._cond:
-            return list(self._blocked)
+        return self._rotation.blocked
 
     @property
     def benched(self) -> dict[str, str]:
         """Backends out of rotation for this batch (their attempts kept timing out), with the reason."""
-        with self._cond:
-            return dict(self._benched)
+        return self._rotation.benched
 
     def overdue(self) -> list[tuple[str, str, float, float]]:
         """(task label, backend, seconds since sent, backend's s/job) for every frame in flight
@@ -378,8 +365,7 @@ class Batch:
                         continue
                     self._pool.wait_for_change(WAIT_SLICE)
                     continue
-                with self._cond:
-                    self._blocked, self._blocked_since = [], None
+                self._rotation.leased()
                 task, lease = leased
                 with self._cond:
                     if task.state is not JobState.QUEUED or task not in self._pending:
@@ -429,58 +415,26 @@ class Batch:
 
     def _exclude(self, task: FrameTask) -> frozenset[str]:
         """Backends out of rotation, and those that failed this task as long as another one could take it."""
-        benched = frozenset(self._benched)
+        benched = frozenset(self._rotation.benched)
         failed = task.failed_backends() - benched
         if not failed or self._target:
             return benched
         classes = self._plan.classes
-        others = [b for b in self._pool.backends if b.name not in failed | benched and _available(b, classes)]
+        others = [b for b in self._pool.backends if b.name not in failed | benched and available(b, classes)]
         return failed | benched if others else benched
 
     def _give_up_if_nothing_runs(self) -> bool:
-        """No slot was free: if that is because no backend can take work at all, say why
-        (``blocked``), and after ``wait_for_server`` seconds (at once when every backend is out
-        of rotation) fail the unsent frames with ``NoBackendAvailable``. True when it did."""
-        reasons, hopeless = self._why_nothing_runs()
-        now = self._clock()
+        """No slot was free: ``Rotation.nothing_runs`` notes why; once it says the wait is over,
+        fail the unsent frames with its ``NoBackendAvailable``. True when it did."""
+        err = self._rotation.nothing_runs(self._pool.backends, self._plan.classes, f"batch {self.batch_id}")
+        if err is None:
+            return False
         with self._cond:
-            if not reasons:
-                self._blocked, self._blocked_since = [], None
-                return False
-            if self._blocked_since is None:
-                self._blocked_since = now
-                log.warning("batch %s: no backend can take work: %s", self.batch_id, "; ".join(reasons))
-            self._blocked = reasons
-            waited = now - self._blocked_since
-            if not hopeless and waited < self._wait_for_server:
-                return False
-            why = "every backend is out of rotation" if hopeless else f"waited {self._wait_for_server:g} s"
-            err = NoBackendAvailable(f"no backend could take the work ({why}):\n  "
-                                     + "\n  ".join(capped(reasons)))
             doomed = self._drain_pending(err)
         log.error("batch %s: %s", self.batch_id, err)
         for task in doomed:
             self._emit("failed", task.key, {"error": str(err)})
         return True
-
-    def _why_nothing_runs(self) -> tuple[list[str], bool]:
-        """([], False) when some backend in scope can take work, even if it is busy now; else
-        one line per backend why it cannot, and whether none of them can ever again (all benched)."""
-        classes = self._plan.classes
-        scope = [b for b in self._pool.backends if self._target in (None, b.name)
-                 or (self._target == "runpod" and getattr(b, "kind", "") == "runpod")]
-        lines = []
-        for backend in scope:
-            if backend.name in self._benched:
-                lines.append(f"{backend.name}: out of rotation for this batch: {self._benched[backend.name]}")
-            elif _can_take_work(backend, classes):
-                return [], False
-            else:
-                lines.append(_why_not(backend, classes))
-        hopeless = bool(scope) and all(b.name in self._benched for b in scope)
-        if self._target in (None, "runpod") and not any(getattr(b, "kind", "") == "runpod" for b in scope):
-            lines.append("runpod: not configured (set RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY to burst there)")
-        return lines, hopeless
 
     def _fail_pending(self, err: ComfyClusterError) -> None:
         with self._cond:
@@ -643,9 +597,8 @@ class Batch:
 
     def _attempt_failed(self, task: FrameTask, attempt: Attempt, err: Exception) -> None:
         reason = _reason(err)
-        benched = self._strike(attempt.backend, err, reason)
+        benched = self._rotation.strike(attempt.backend, err, reason)
         if benched:
-            log.warning("batch %s: %s is out of rotation for this batch: %s", self.batch_id, attempt.backend, benched)
             self._emit("benched", None, {"server": attempt.backend, "reason": benched})
         with self._cond:
             attempt.ended = self._clock()
@@ -678,18 +631,6 @@ class Batch:
         elif _retryable(err):
             err = _exhausted(task, err)
         self._finish_failed(task, err)
-
-    def _strike(self, backend: str, err: Exception, reason: str) -> str | None:
-        """Count a timed-out attempt against ``backend``; the reason it is benched when this one did it."""
-        if not isinstance(err, (JobTimeout, ServerTimeout)) or self._target:
-            return None
-        with self._cond:
-            self._strikes[backend] = strikes = self._strikes.get(backend, 0) + 1
-            if strikes < STRIKES or backend in self._benched:
-                return None
-            self._benched[backend] = f"{strikes} attempts in a row timed out, last: {reason}"
-            self._cond.notify_all()
-            return self._benched[backend]
 
     def _finish_failed(self, task: FrameTask, err: ComfyClusterError) -> None:
         with self._cond:
@@ -727,8 +668,8 @@ class Batch:
     def _finish_done(self, task: FrameTask, attempt: Attempt, files: dict[int, list[Path]],
                      result: PromptResult) -> None:
         seconds = (attempt.ended or self._clock()) - attempt.started
+        self._rotation.succeeded(attempt.backend)
         with self._cond:
-            self._strikes[attempt.backend] = 0
             if task.state.is_final:
                 return
             task.set_state(JobState.DONE)
@@ -1097,38 +1038,6 @@ def _max_queue(backend: Any) -> int:
         return max(1, int(backend.max_queue))
     except (TypeError, ValueError, AttributeError):
         return 1
-
-
-def _can_take_work(backend: Any, classes: frozenset[str]) -> bool:
-    """Able to take this work once a slot frees, busy or not: a ComfyUI server that is ready and
-    has the node classes; a RunPod endpoint that answers, is enabled and within its budget."""
-    if getattr(backend, "kind", "") != "runpod":
-        return _available(backend, classes)
-    state = getattr(getattr(backend, "state", None), "value", None)
-    return state in ("online", "busy", "booting") and getattr(backend, "blocked_reason", None) is None
-
-
-def _why_not(backend: Any, classes: frozenset[str]) -> str:
-    """``name: state (reason)``: why a backend cannot take work, from its status cache."""
-    try:
-        status = backend.get_status()
-    except Exception:  # a backend whose cache cannot answer: say what we know
-        status = backend
-    state = getattr(getattr(status, "state", None), "value", getattr(status, "state", None)) or "unavailable"
-    detail = getattr(status, "blocked_reason", None) or getattr(status, "last_error", None)
-    if state in ("online", "busy"):
-        missing = sorted(getattr(backend, "missing_classes", lambda c: frozenset())(classes))
-        detail = f"lacks node classes {', '.join(capped(missing, 5))}" if missing else detail
-    elif state == "disabled":
-        detail = "switched off"
-    return f"{backend.name}: {state}" + (f" ({' '.join(str(detail).split())})" if detail else "")
-
-
-def _available(backend: Any, classes: frozenset[str]) -> bool:
-    try:
-        return bool(backend.is_available(classes))
-    except Exception:  # a backend whose cache cannot answer is not a candidate
-        return False
 
 
 __all__ = ["WAIT_FOR_SERVER", "Batch", "BatchResult", "Job", "JobResult", "animation_submit", "iteration_submit",

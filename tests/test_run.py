@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 from PIL import Image, PngImagePlugin
 
-from comfy_cluster import run
+from comfy_cluster import rotation, run
 from comfy_cluster.backend import OutputRef, PromptRequest, PromptResult
 from comfy_cluster.errors import (
     BindingError,
@@ -655,7 +655,7 @@ def test_a_backend_whose_attempts_keep_timing_out_is_out_of_rotation_for_the_bat
                                  retries=3, **kwargs)
     res = batch.result(30)
     assert res.ok and res.by_server == {"good": 8}
-    assert len(half.requests) == run.STRIKES
+    assert len(half.requests) == rotation.STRIKES
     assert list(batch.benched) == ["half"] and "timed out" in batch.benched["half"]
     assert [e.data["server"] for e in events if e.kind == "benched"] == ["half"]
 
@@ -665,7 +665,7 @@ def test_when_every_backend_is_out_of_rotation_the_batch_ends_at_once(tmp_path):
     batch = run.animation_submit(WORKFLOW, pool=FakePool(half), frames="1-5", output=str(tmp_path / "o.#.png"),
                                  retries=5)   # the default wait_for_server (300 s) does not apply: nothing can change
     res = batch.result(30)
-    assert sorted(res.failed) == [1, 2, 3, 4, 5] and len(half.requests) == run.STRIKES
+    assert sorted(res.failed) == [1, 2, 3, 4, 5] and len(half.requests) == rotation.STRIKES
     assert isinstance(res.failed[5], NoBackendAvailable)
     assert "half: out of rotation for this batch: 2 attempts in a row timed out" in str(res.failed[5])
 
