@@ -301,6 +301,7 @@ class _Sink:
 
 
 _JSON = "application/json"
+_ARRIVING = " while the answer was still arriving"
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -771,7 +772,8 @@ class ComfyClient:
             return ServerTimeout(f"{where} could not connect within {_seconds(self.timeouts.connect)} s",
                                  server=self.name, prompt_id=prompt_id)
         if isinstance(err, u3.ReadTimeoutError):
-            return ServerTimeout(f"{where} timed out after {_seconds(budget)} s", server=self.name, prompt_id=prompt_id)
+            return ServerTimeout(f"{where} timed out after {_seconds(budget)} s" + _ARRIVING * answering,
+                                 server=self.name, prompt_id=prompt_id)
         inner = err.args[1] if isinstance(err, u3.ProtocolError) and len(err.args) > 1 else None
         not_http = isinstance(inner, (http.client.BadStatusLine, http.client.LineTooLong)) and not isinstance(
             inner, http.client.RemoteDisconnected)
@@ -855,8 +857,8 @@ class ComfyClient:
                 if sock is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise ServerTimeout(f"server '{self.name}': {what}: the answer was still arriving after "
-                                            f"{_seconds(budget)} s", server=self.name, prompt_id=prompt_id)
+                        raise ServerTimeout(f"server '{self.name}': {what} timed out after {_seconds(budget)} s"
+                                            f"{_ARRIVING}", server=self.name, prompt_id=prompt_id)
                     sock.settimeout(left)
                 chunk = resp.read1(_CHUNK)
                 if not chunk:
@@ -866,8 +868,8 @@ class ComfyClient:
                     if cut:
                         resp.close()
                         return bytes(buf)
-                    raise ProtocolError(f"server '{self.name}': {what} answered more than the {cap} byte limit",
-                                        server=self.name, prompt_id=prompt_id)
+                    raise ProtocolError(f"server '{self.name}': {what} answered {seen} bytes, more than the {cap} "
+                                        f"byte limit", server=self.name, prompt_id=prompt_id)
                 if sink is not None:
                     sink(chunk)
                 else:
@@ -891,7 +893,7 @@ class ComfyClient:
         what = f"POST {route}"
         status, answer = self._exchange("POST", route, body=_json_bytes(dict(body)), content_type=_JSON,
                                         cap=_ERROR_BODY_CAP, prompt_id=prompt_id)
-        if status != 200:
+        if status not in (200, 204):
             self._raise_status(status, answer, what, prompt_id)
 
 EventCallback = Callable[[Event], None]
