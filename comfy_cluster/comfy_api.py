@@ -1,8 +1,10 @@
 """HTTP and websocket client for one ComfyUI server (transport only).
 
-``ComfyClient`` speaks ComfyUI's HTTP API over one ``requests.Session``; ``PromptTracker``
-holds one websocket per (server, client id) and routes its events to a ``PromptWatch`` per
-prompt, falling back to polling ``/history/{id}`` whenever the socket is down or quiet.
+``ComfyClient`` speaks ComfyUI's HTTP API through one urllib3 pool per server (every call,
+uploads included; timeouts per call; bodies read in bounded chunks by a deadline);
+``PromptTracker`` holds one websocket per (server, client id), read through
+websocket-client's public API, and routes its events to a ``PromptWatch`` per prompt,
+falling back to polling ``/history/{id}`` whenever the socket is down or quiet.
 
 This module never retries and never chooses a server: the pool and the dispatcher do.
 Every failure is translated here, at the boundary, into ``comfy_cluster.errors``:
@@ -438,6 +440,11 @@ class ComfyClient:
         self._headers = dict(headers or {})
         self._ca_bundle = _ca_bundle()
         self._http = _pool_manager(self.base_url, self._ca_bundle)
+        # Direct, the server's own pool takes the path alone (no URL parsing or pool lookup
+        # per call); through a proxy the manager adds the proxy's headers and absolute URLs.
+        self._direct: urllib3.HTTPConnectionPool | None = (
+            None if isinstance(self._http, urllib3.ProxyManager) else self._http.connection_from_url(self.base_url))
+        self._root = parts.path.rstrip("/") + self.api_prefix
 
     @classmethod
     def from_config(cls, cfg: ServerConfig, environ: Mapping[str, str] = os.environ,
@@ -824,9 +831,13 @@ class ComfyClient:
         deadline = time.monotonic() + budget
         headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
         try:
-            resp = self._http.urlopen(method, self._url(route), body=body, headers=headers, redirect=False,
-                                      retries=False, preload_content=False,
-                                      timeout=urllib3.Timeout(connect=self.timeouts.connect, read=budget))
+            options: dict[str, Any] = {
+                "body": body, "headers": headers, "redirect": False, "retries": False, "preload_content": False,
+                "timeout": urllib3.Timeout(connect=self.timeouts.connect, read=budget)}
+            if self._direct is not None:
+                resp = self._direct.urlopen(method, self._root + route, assert_same_host=False, **options)
+            else:
+                resp = self._http.urlopen(method, self._url(route), **options)
         except u3.HTTPError as err:
             raise self._translate(err, what, budget, prompt_id, answering=False) from err
         status = resp.status
