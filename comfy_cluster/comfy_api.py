@@ -489,8 +489,10 @@ class ComfyClient:
             skip_utf8_validation=True, enable_multithread=True)
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections; a later call opens new ones."""
         self._http.clear()
+        if self._direct is not None:
+            self._direct = self._http.connection_from_url(self.base_url)
 
     # -- the API --------------------------------------------------------------------------
 
@@ -1080,7 +1082,7 @@ class PromptTracker:
     ping_interval = 10.0
     #: How often a quiet reader wakes to see whether a ping is due (``stop()`` aborts the
     #: socket, which wakes it at once).
-    tick = 1.0
+    tick = 5.0
     #: Seconds without an event for a prompt before its watch also polls /history.
     quiet_after = 5.0
     #: Seconds of failing history polls, with the socket down, before a watch gives up

@@ -234,3 +234,12 @@ def test_withdraw_interrupts_ours_when_it_runs(scripted) -> None:
     assert [(r.method, r.path) for r in server.requests] == [("POST", "/queue"), ("GET", "/queue"),
                                                              ("POST", "/interrupt")]
     assert json.loads(server.requests[2].body) == {"prompt_id": "ours-1"}
+
+
+def test_a_closed_client_opens_new_connections_when_used_again(scripted) -> None:
+    server = scripted(comfy)
+    client = ComfyClient(server.url, name="gpu-01", timeouts=FAST)
+    client.get_queue()
+    client.close()
+    assert client.get_queue().pending == []
+    assert server.connections == 2
