@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -243,3 +245,37 @@ def test_a_closed_client_opens_new_connections_when_used_again(scripted) -> None
     client.close()
     assert client.get_queue().pending == []
     assert server.connections == 2
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 that no default CA store trusts, made now by openssl."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def test_http_and_the_websocket_trust_the_same_ca_bundle(self_signed, monkeypatch) -> None:
+    """One CA rule everywhere: requests' ($REQUESTS_CA_BUNDLE, else certifi), never a second store."""
+    cert, context = self_signed
+    server = Scripted(comfy, tls=context)
+    try:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        untrusting = ComfyClient(server.url, name="gpu-tls", timeouts=FAST)
+        with pytest.raises(ServerUnavailable, match="server 'gpu-tls': GET /queue failed: .*certificate verify failed"):
+            untrusting.get_queue()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            untrusting.open_websocket("c")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        trusting = ComfyClient(server.url, name="gpu-tls", timeouts=FAST)
+        assert trusting.get_queue().pending == []
+        with pytest.raises(websocket.WebSocketBadStatusException):   # TLS passed; this server has no /ws
+            trusting.open_websocket("c")
+        assert "/ws?clientId=c" in server.paths()
+    finally:
+        server.close()
