@@ -569,6 +569,8 @@ def test_queue_probe_reads_chunked_and_close_delimited_answers(canned, answer: b
 def test_recent_history_is_the_newest_prompts_oldest_first(client: ComfyClient, tracker: PromptTracker) -> None:
     done = [run(client, tracker, solid(color, f"recent/{i}")).prompt_id
             for i, color in enumerate((0x110000, 0x220000, 0x330000))]
-    recent = client.get_recent_history(2)
+    # execution_success (which ends the wait) goes out before ComfyUI stores the history entry
+    recent = wait_until(lambda: (r := client.get_recent_history(2)) and r[-1].prompt_id == done[-1] and r,
+                        what="the last prompt in the history")
     assert [entry.prompt_id for entry in recent] == done[1:]
     assert all(entry.status_str == "success" for entry in recent)

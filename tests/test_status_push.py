@@ -4,6 +4,7 @@ change, the cache follows it without a probe, and polling takes over when the so
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from typing import Iterator
 
@@ -122,9 +123,14 @@ def test_the_pools_monitor_opens_the_status_socket(emu) -> None:
         server = pool.servers[0]
         wait_until(lambda: server.next_probe_delay() == PUSHED_POLL_S, what="the status socket")
         emu.set_faults(hang=True)
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(pool.wait_for_change(10.0)))
+        waiter.start()
         with ComfyClient(emu.url, timeouts=FAST) as artist:
             artist.submit(GRAPH, client_id="artist")
-            wait_until(lambda: pool.wait_for_change(0.5) and server.queue_running == 1, what="the pushed change")
+            wait_until(lambda: server.queue_running == 1, what="the pushed change")
+            waiter.join(10.0)
+            assert woke == [True]
             artist.interrupt()
     finally:
         pool.close()
