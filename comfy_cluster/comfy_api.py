@@ -267,7 +267,7 @@ def _seconds(value: float) -> str:
 
 
 def _reason(err: BaseException) -> str:
-    """A short human cause for a connection failure (requests' text is a paragraph)."""
+    """A short human cause for a connection failure (urllib3's text is a paragraph)."""
     text = str(err)
     lowered = text.lower()
     for needle, reason in (
