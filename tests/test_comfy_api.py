@@ -8,7 +8,6 @@ import io
 import json
 import socket
 import struct
-import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
