@@ -29,7 +29,7 @@ def _plan(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], list[M
     return {
         "throughput": lambda: scenarios.throughput(base, args.runs, frames=60 if q else 240),
         "dispatch": lambda: scenarios.dispatch_overhead(base, args.runs, frames=300 if q else 2000),
-        "monitoring": lambda: scenarios.monitoring(args.runs, count=100, window=5.0 if q else 20.0),
+        "monitoring": lambda: scenarios.monitoring(args.runs, count=100, window=5.0 if q else 60.0),
         "memory": lambda: scenarios.memory(base, frames=1000 if q else 10_000),
         "failover": lambda: scenarios.failover(base, args.runs, frames=40 if q else 120),
         "overflow": lambda: scenarios.overflow(base, args.runs, frames=24 if q else 60),

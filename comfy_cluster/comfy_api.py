@@ -1,8 +1,10 @@
 """HTTP and websocket client for one ComfyUI server (transport only).
 
-``ComfyClient`` speaks ComfyUI's HTTP API over one ``requests.Session``; ``PromptTracker``
-holds one websocket per (server, client id) and routes its events to a ``PromptWatch`` per
-prompt, falling back to polling ``/history/{id}`` whenever the socket is down or quiet.
+``ComfyClient`` speaks ComfyUI's HTTP API through one urllib3 pool per server (every call,
+uploads included; timeouts per call; bodies read in bounded chunks by a deadline);
+``PromptTracker`` holds one websocket per (server, client id), read through
+websocket-client's public API, and routes its events to a ``PromptWatch`` per prompt,
+falling back to polling ``/history/{id}`` whenever the socket is down or quiet.
 
 This module never retries and never chooses a server: the pool and the dispatcher do.
 Every failure is translated here, at the boundary, into ``comfy_cluster.errors``:
@@ -17,11 +19,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import socket
-import ssl
 import mimetypes
 import os
 import re
+import ssl
 import struct
 import threading
 import time
@@ -29,16 +30,15 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
-from urllib.parse import quote, urlencode, urlsplit
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
-import requests
+import certifi
+import requests.utils
+import urllib3
 import websocket
-from requests.adapters import HTTPAdapter
-from urllib3 import exceptions as _urllib3_errors
-from urllib3.exceptions import ReadTimeoutError as _ReadTimeoutError
+from urllib3 import exceptions as u3
 
-from ._http import AnswerTooLarge, ConnectFailed, KeepAlivePool
 from .errors import (
     Cancelled,
     ComfyClusterError,
@@ -267,7 +267,7 @@ def _seconds(value: float) -> str:
 
 
 def _reason(err: BaseException) -> str:
-    """A short human cause for a connection failure (requests' text is a paragraph)."""
+    """A short human cause for a connection failure (urllib3's text is a paragraph)."""
     text = str(err)
     lowered = text.lower()
     for needle, reason in (
@@ -302,15 +302,12 @@ class _Sink:
                                 server=self._server) from err
 
 
-def _as_requests_error(err: Exception) -> requests.RequestException:
-    """The requests exception ``iter_content`` would have raised for a urllib3 error."""
-    if isinstance(err, _ReadTimeoutError):
-        return requests.ConnectionError(err)
-    if isinstance(err, _urllib3_errors.DecodeError):
-        return requests.exceptions.ContentDecodingError(err)
-    if isinstance(err, _urllib3_errors.SSLError):
-        return requests.exceptions.SSLError(err)
-    return requests.exceptions.ChunkedEncodingError(err)
+_JSON = "application/json"
+_ARRIVING = " while the answer was still arriving"
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
 
 
 def _excerpt(body: bytes) -> str:
@@ -331,8 +328,8 @@ def _node_error_lines(node_errors: Mapping[str, Any], prompt: Mapping[str, Any] 
         errors = info.get("errors") or [{}]
         for error in errors:
             error = error if isinstance(error, dict) else {"message": str(error)}
-            extra = error.get("extra_info") if isinstance(error.get("extra_info"), dict) else {}
-            input_name = extra.get("input_name")
+            extra = error.get("extra_info")
+            input_name = extra.get("input_name") if isinstance(extra, dict) else None
             message = str(error.get("message") or error.get("type") or "invalid")
             details = str(error.get("details") or "")
             line = f"{where} input {input_name!r}: {message}" if input_name else f"{where}: {message}"
@@ -383,21 +380,35 @@ def _history_failure(entry: HistoryEntry, server: str) -> ComfyClusterError | No
     return None
 
 
-def _make_session(base_url: str) -> requests.Session:
-    """A pooled session whose proxy and CA settings are read from the environment once.
+def _ca_bundle() -> str:
+    """The CA certificates every call trusts: requests' rule ($REQUESTS_CA_BUNDLE, then
+    $CURL_CA_BUNDLE, then certifi's bundle), for HTTP and the websocket alike."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
 
-    requests re-reads the whole environment (proxies, netrc, CA bundle) on each call, which
-    measured 0.3-1 ms per request here: too much on the per-frame path.
+
+def _pool_manager(base_url: str, ca_bundle: str) -> urllib3.PoolManager:
+    """One connection pool for one server, through the proxy the environment names for it.
+
+    Proxies are read once, as requests reads them (``HTTP(S)_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``); credentials in the proxy URL become a ``Proxy-Authorization`` header.
+    Nothing is retried here and nothing redirects: the dispatcher owns retries.
     """
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    settings = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.proxies = settings["proxies"]
-    session.verify = settings["verify"]
-    session.trust_env = False
-    return session
+    tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+    tls["ca_cert_dir" if os.path.isdir(ca_bundle) else "ca_certs"] = ca_bundle
+    options: dict[str, Any] = {"num_pools": 2, "maxsize": POOL_SIZE, "block": False, "retries": False, **tls}
+    proxies = requests.utils.get_environ_proxies(base_url)
+    proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")
+    if not proxy:
+        return urllib3.PoolManager(**options)
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the proxy for {base_url} must be an http(s) URL, not {parts.scheme}://")
+    headers = {}
+    if parts.username is not None:
+        auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers = urllib3.make_headers(proxy_basic_auth=auth)
+    bare = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    return urllib3.ProxyManager(bare, proxy_headers=headers, **options)
 
 
 class ComfyClient:
@@ -414,7 +425,6 @@ class ComfyClient:
         name: str = "",
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts = Timeouts(),
-        session: requests.Session | None = None,
         api_prefix: str = "",
         auth_token_env: str | None = None,
     ) -> None:
@@ -428,24 +438,21 @@ class ComfyClient:
         self.api_prefix = f"/{prefix}" if prefix else ""
         self._auth_token_env = auth_token_env
         self._headers = dict(headers or {})
-        # A caller's own session carries every call (its adapters, a test double); otherwise
-        # the hot calls take the lean keep-alive pool, unless a proxy applies.
-        self._owns_session = session is None
-        if session is None:
-            session = _make_session(self.base_url)
-        self._session = session
-        proxied = bool(session.proxies.get(parts.scheme) or session.proxies.get("all"))
-        self._keepalive = None if (proxied or not self._owns_session) else KeepAlivePool(
-            self.base_url + self.api_prefix, self._headers, connect_timeout=timeouts.connect,
-            read_timeout=timeouts.read, verify=session.verify)
+        self._ca_bundle = _ca_bundle()
+        self._http = _pool_manager(self.base_url, self._ca_bundle)
+        # Direct, the server's own pool takes the path alone (no URL parsing or pool lookup
+        # per call); through a proxy the manager adds the proxy's headers and absolute URLs.
+        self._direct: urllib3.HTTPConnectionPool | None = (
+            None if isinstance(self._http, urllib3.ProxyManager) else self._http.connection_from_url(self.base_url))
+        self._root = parts.path.rstrip("/") + self.api_prefix
 
     @classmethod
     def from_config(cls, cfg: ServerConfig, environ: Mapping[str, str] = os.environ,
-                    timeouts: Timeouts = Timeouts(), session: requests.Session | None = None) -> ComfyClient:
+                    timeouts: Timeouts = Timeouts()) -> ComfyClient:
         """A client for a configured server; the bearer token is read from ``environ`` here."""
         headers = dict(cfg.headers)
         headers.update(cfg.auth_header(environ))
-        return cls(cfg.base_url, name=cfg.name, headers=headers, timeouts=timeouts, session=session,
+        return cls(cfg.base_url, name=cfg.name, headers=headers, timeouts=timeouts,
                    auth_token_env=cfg.auth_token_env)
 
     def __repr__(self) -> str:
@@ -468,12 +475,24 @@ class ComfyClient:
         rest = self.base_url.split("://", 1)[1]
         return f"{scheme}://{rest}{self.api_prefix}/ws?clientId={quote(client_id, safe='')}"
 
+    def open_websocket(self, client_id: str) -> websocket.WebSocket:
+        """A connected ``/ws`` socket with this client's headers and CA bundle.
+
+        Like HTTP, it follows no redirect; websocket-client reads the proxy from the same
+        environment variables (``http_proxy`` / ``https_proxy``, ``no_proxy``).
+        """
+        sslopt: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+        sslopt["ca_cert_path" if os.path.isdir(self._ca_bundle) else "ca_certs"] = self._ca_bundle
+        return websocket.create_connection(
+            self.ws_url(client_id), timeout=self.timeouts.connect, sslopt=sslopt, redirect_limit=0,
+            header=[f"{k}: {v}" for k, v in self._headers.items()], suppress_origin=True,
+            skip_utf8_validation=True, enable_multithread=True)
+
     def close(self) -> None:
-        """Close the pooled connections (only when this client made the session)."""
-        if self._owns_session:
-            self._session.close()
-        if self._keepalive is not None:
-            self._keepalive.close()
+        """Close the pooled connections; a later call opens new ones."""
+        self._http.clear()
+        if self._direct is not None:
+            self._direct = self._http.connection_from_url(self.base_url)
 
     # -- the API --------------------------------------------------------------------------
 
@@ -503,18 +522,27 @@ class ComfyClient:
         if front:
             body["front"] = True
         what = "POST /prompt"
-        status, raw = self._exchange("POST", "/prompt", json_body=body, cap=JSON_CAP, prompt_id=prompt_id)
+        status, raw = self._exchange("POST", "/prompt", body=_json_bytes(body), content_type=_JSON, cap=JSON_CAP,
+                                     prompt_id=prompt_id)
         if status == 400:
             raise self._rejection(self._parse_json(raw, what, prompt_id), prompt, prompt_id)
         if status != 200:
             self._raise_status(status, raw, what, prompt_id)
         data = self._parse_json(raw, what, prompt_id)
+        queued = data.get("prompt_id")
+        if queued != prompt_id:
+            raise ProtocolError(f"server '{self.name}': {what} queued prompt {queued!r} instead of ours, "
+                                f"{prompt_id!r}: its events and history would never be found",
+                                server=self.name, prompt_id=prompt_id)
         node_errors = data.get("node_errors") or {}
         if not isinstance(node_errors, dict):
             raise ProtocolError(f"server '{self.name}': {what} answered node_errors of type "
                                 f"{type(node_errors).__name__}", server=self.name, prompt_id=prompt_id)
         if node_errors and not partial_ok:
-            self._withdraw(prompt_id)
+            try:
+                self.withdraw(prompt_id)
+            except ServerUnavailable as err:
+                log.warning("server '%s': could not withdraw partially valid prompt %s: %s", self.name, prompt_id, err)
             lines = _node_error_lines(node_errors, prompt)
             raise WorkflowRejected(
                 f"server '{self.name}' would run prompt {prompt_id} only in part, so it was withdrawn:\n  "
@@ -526,7 +554,7 @@ class ComfyClient:
         except (TypeError, ValueError) as err:
             raise ProtocolError(f"server '{self.name}': {what} answered a non-numeric number",
                                 server=self.name, prompt_id=prompt_id) from err
-        return SubmitResult(prompt_id=str(data.get("prompt_id") or prompt_id), number=number_out,
+        return SubmitResult(prompt_id=prompt_id, number=number_out,
                             node_errors=node_errors)
 
     def get_queue(self) -> QueueState:
@@ -557,8 +585,32 @@ class ComfyClient:
             self._post_no_content("/queue", {"delete": ids}, prompt_id=ids[0] if len(ids) == 1 else None)
 
     def interrupt(self, prompt_id: str | None = None) -> None:
-        """Stop the running prompt; with ``prompt_id`` only if that one is running."""
+        """Stop the running prompt; with ``prompt_id`` only if that one is running (ComfyUI >= 0.3.57).
+
+        Older servers ignore the id and stop whatever runs: to take back a prompt of ours,
+        use ``withdraw``.
+        """
         self._post_no_content("/interrupt", {"prompt_id": prompt_id} if prompt_id else {}, prompt_id=prompt_id)
+
+    def withdraw(self, prompt_id: str) -> None:
+        """Take back a prompt of ours: delete it from the pending queue, interrupt it if it runs.
+
+        ``/interrupt`` is sent only when ``/queue`` shows this very prompt running, because
+        ComfyUI before 0.3.57 ignores the id and would stop another artist's job. Both steps
+        are tried; the first failure (``ServerUnavailable``) is raised after them.
+        """
+        failures: list[ServerUnavailable] = []
+        try:
+            self.delete_pending([prompt_id])
+        except ServerUnavailable as err:
+            failures.append(err)
+        try:
+            if any(entry.prompt_id == prompt_id for entry in self.get_queue().running):
+                self.interrupt(prompt_id)
+        except ServerUnavailable as err:
+            failures.append(err)
+        if failures:
+            raise failures[0]
 
     def get_history(self, prompt_id: str, *, timeout: float | None = None) -> HistoryEntry | None:
         """``GET /history/{id}``; ``None`` while the prompt has not finished (ComfyUI answers ``{}``)."""
@@ -623,14 +675,16 @@ class ComfyClient:
         except OSError as err:
             raise TransferError(f"cannot read {str(data)!r} to upload to server '{self.name}': {err}",
                                 server=self.name) from err
-        resp = self._call("POST", "/upload/image", files={"image": (name, payload, mime)}, data=form,
-                          read_timeout=self.timeouts.transfer)
-        self._check_status(resp, what)
-        if resp.status_code != 200:
-            body = self._read_body(resp, what, _ERROR_BODY_CAP, limit_silently=True)
-            raise TransferError(f"server '{self.name}': {what} refused {name!r} (HTTP {resp.status_code}): "
-                                f"{_excerpt(body)}", server=self.name)
-        answer = self._read_json(resp, what)
+        fields: dict[str, Any] = {**form, "image": (name, payload, mime)}
+        body, content_type = urllib3.encode_multipart_formdata(fields)
+        status, raw = self._exchange("POST", "/upload/image", body=body, content_type=content_type, cap=JSON_CAP,
+                                     read_timeout=self.timeouts.transfer)
+        if status in (401, 403) or status >= 500:
+            self._raise_status(status, raw, what)
+        if status != 200:
+            raise TransferError(f"server '{self.name}': {what} refused {name!r} (HTTP {status}): "
+                                f"{_excerpt(raw)}", server=self.name)
+        answer = self._parse_json(raw, what)
         try:
             return UploadedFile(name=str(answer["name"]), subfolder=str(answer.get("subfolder") or ""),
                                 type=str(answer.get("type") or type))
@@ -675,23 +729,6 @@ class ComfyClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def withdraw(self, prompt_id: str) -> None:
-        """Take back our prompt: delete it from pending; interrupt it only if /queue shows it running.
-
-        ComfyUI before 0.3.57 ignores ``prompt_id`` on /interrupt and stops whatever runs, so
-        the check keeps another artist's prompt safe.
-        """
-        self.delete_pending([prompt_id])
-        if any(e.prompt_id == prompt_id for e in self.get_queue().running):
-            self.interrupt(prompt_id)
-
-    def _withdraw(self, prompt_id: str) -> None:
-        """Take back a prompt we will not let run; best effort, the rejection is the news."""
-        try:
-            self.withdraw(prompt_id)
-        except ServerUnavailable as err:
-            log.warning("server '%s': could not withdraw partially valid prompt %s: %s", self.name, prompt_id, err)
-
     def _rejection(self, data: dict, prompt: Mapping[str, Any], prompt_id: str) -> ComfyClusterError:
         """Turn a 400 answer of ``POST /prompt`` into ``WorkflowRejected`` or ``MissingNodes``."""
         error = data.get("error")
@@ -700,10 +737,12 @@ class ComfyClient:
         error_type = error.get("type")
         message = str(error.get("message") or "rejected")
         details = str(error.get("details") or "")
-        extra = error.get("extra_info") if isinstance(error.get("extra_info"), dict) else {}
-        node_errors = data.get("node_errors") if isinstance(data.get("node_errors"), dict) else {}
+        extra = error.get("extra_info")
+        node_errors = data.get("node_errors")
+        if not isinstance(node_errors, dict):
+            node_errors = {}
         if error_type in ("invalid_prompt", "missing_node_type"):
-            missing = extra.get("class_type")
+            missing = extra.get("class_type") if isinstance(extra, dict) else None
             match = _MISSING_NODE_RE.search(message)
             if not missing and match:
                 missing = match.group(1)
@@ -732,42 +771,25 @@ class ComfyClient:
     def _url(self, route: str) -> str:
         return f"{self.base_url}{self.api_prefix}{route}"
 
-    def _call(self, method: str, route: str, *, json_body: Any = None, params: Mapping[str, str] | None = None,
-              files: Any = None, data: Any = None, read_timeout: float | None = None,
-              prompt_id: str | None = None) -> requests.Response:
-        """Send one request (streamed) and translate any transport failure."""
-        what = f"{method} {route}"
-        timeout = (self.timeouts.connect, read_timeout or self.timeouts.read)
-        try:
-            return self._session.request(method, self._url(route), json=json_body, params=params, files=files,
-                                         data=data, headers=self._headers, timeout=timeout, stream=True)
-        except requests.RequestException as err:
-            raise self._translate(err, what, timeout, prompt_id) from err
-
-    def _translate(self, err: BaseException, what: str, timeout: tuple[float, float],
-                   prompt_id: str | None) -> ServerUnavailable:
+    def _translate(self, err: u3.HTTPError, what: str, budget: float, prompt_id: str | None, *,
+                   answering: bool) -> ServerUnavailable:
+        """The project's error for a urllib3 failure; ``answering``: the head had arrived."""
         where = f"server '{self.name}': {what}"
-        if isinstance(err, requests.ConnectTimeout):
-            return ServerTimeout(f"{where} could not connect within {_seconds(timeout[0])} s",
+        if isinstance(err, (u3.NewConnectionError, u3.ProxyError)):   # a NewConnectionError is a ConnectTimeoutError
+            return ServerUnavailable(f"{where} failed: {_reason(err)}", server=self.name, prompt_id=prompt_id)
+        if isinstance(err, u3.ConnectTimeoutError):
+            return ServerTimeout(f"{where} could not connect within {_seconds(self.timeouts.connect)} s",
                                  server=self.name, prompt_id=prompt_id)
-        if isinstance(err, requests.Timeout) or (
-                isinstance(err, requests.ConnectionError) and err.args and isinstance(err.args[0], _ReadTimeoutError)):
-            return ServerTimeout(f"{where} timed out after {_seconds(timeout[1])} s",
+        if isinstance(err, u3.ReadTimeoutError):
+            return ServerTimeout(f"{where} timed out after {_seconds(budget)} s" + _ARRIVING * answering,
                                  server=self.name, prompt_id=prompt_id)
-        if isinstance(err, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        inner = err.args[1] if isinstance(err, u3.ProtocolError) and len(err.args) > 1 else None
+        not_http = isinstance(inner, (http.client.BadStatusLine, http.client.LineTooLong)) and not isinstance(
+            inner, http.client.RemoteDisconnected)
+        if not_http or (answering and isinstance(err, (u3.ProtocolError, u3.DecodeError))):
             return ProtocolError(f"{where}: the answer broke off or could not be decoded",
                                  server=self.name, prompt_id=prompt_id)
         return ServerUnavailable(f"{where} failed: {_reason(err)}", server=self.name, prompt_id=prompt_id)
-
-    def _check_status(self, resp: requests.Response, what: str, prompt_id: str | None = None) -> None:
-        """Auth failures and 5xx: the server, not the request, is at fault."""
-        status = resp.status_code
-        if status in (401, 403):
-            resp.close()
-            self._raise_status(status, b"", what, prompt_id)
-        if status >= 500:
-            body = self._read_body(resp, what, _ERROR_BODY_CAP, prompt_id=prompt_id, limit_silently=True)
-            self._raise_status(status, body, what, prompt_id)
 
     def _raise_status(self, status: int, body: bytes, what: str, prompt_id: str | None = None) -> None:
         """The error for a non-200 answer: auth and 5xx blame the server, anything else the protocol."""
@@ -779,64 +801,11 @@ class ComfyClient:
         if status >= 500:
             raise ServerUnavailable(f"server '{self.name}': {what} failed with HTTP {status}: {_excerpt(body)}",
                                     server=self.name, prompt_id=prompt_id)
-        hint = " (is api_prefix right for this server?)" if status == 404 else ""
+        hint = {404: " (is api_prefix right for this server?)"}.get(status, "")
+        if 300 <= status < 400:
+            hint = " (redirects are not followed: point the server's address at ComfyUI itself)"
         raise ProtocolError(f"server '{self.name}': {what} answered HTTP {status}{hint}: {_excerpt(body)}",
                             server=self.name, prompt_id=prompt_id)
-
-    def _check_declared_size(self, resp: requests.Response, what: str, cap: int,
-                             prompt_id: str | None = None) -> None:
-        declared = resp.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > cap:
-            resp.close()
-            raise ProtocolError(f"server '{self.name}': {what} answered {declared} bytes, more than the "
-                                f"{cap} byte limit", server=self.name, prompt_id=prompt_id)
-
-    def _iter_body(self, resp: requests.Response, what: str, prompt_id: str | None = None, *,
-                   read_timeout: float | None = None) -> Iterator[bytes]:
-        """The body in chunks, within ``read_timeout`` seconds in all.
-
-        A per-read timeout alone never trips on a server that drips a byte every half second,
-        and ``iter_content`` blocks until a whole chunk has arrived; ``read1`` returns after
-        one socket read, so the total budget is checked between reads.
-        """
-        budget = read_timeout or self.timeouts.read
-        timeout = (self.timeouts.connect, budget)
-        deadline = time.monotonic() + budget
-        try:
-            while True:
-                chunk = resp.raw.read1(_CHUNK, decode_content=True)
-                if not chunk:
-                    return
-                yield chunk
-                if time.monotonic() > deadline:
-                    raise ServerTimeout(f"server '{self.name}': {what}: the answer was still arriving after "
-                                        f"{_seconds(budget)} s", server=self.name, prompt_id=prompt_id)
-        except (_ReadTimeoutError, _urllib3_errors.ProtocolError, _urllib3_errors.DecodeError,
-                _urllib3_errors.SSLError) as err:
-            raise self._translate(_as_requests_error(err), what, timeout, prompt_id) from err
-
-    def _read_body(self, resp: requests.Response, what: str, cap: int, *, prompt_id: str | None = None,
-                   limit_silently: bool = False, read_timeout: float | None = None) -> bytes:
-        """Read a streamed body, refusing (or, for error excerpts, cutting) past ``cap`` bytes."""
-        try:
-            if not limit_silently:
-                self._check_declared_size(resp, what, cap, prompt_id)
-            buf = bytearray()
-            for chunk in self._iter_body(resp, what, prompt_id, read_timeout=read_timeout):
-                buf += chunk
-                if len(buf) > cap:
-                    if limit_silently:
-                        break
-                    raise ProtocolError(f"server '{self.name}': {what} answered more than the {cap} byte limit",
-                                        server=self.name, prompt_id=prompt_id)
-            return bytes(buf)
-        finally:
-            resp.close()
-
-    def _read_json(self, resp: requests.Response, what: str, *, cap: int = JSON_CAP,
-                   prompt_id: str | None = None, read_timeout: float | None = None) -> dict:
-        body = self._read_body(resp, what, cap, prompt_id=prompt_id, read_timeout=read_timeout)
-        return self._parse_json(body, what, prompt_id)
 
     def _parse_json(self, body: bytes, what: str, prompt_id: str | None = None) -> dict:
         try:
@@ -849,66 +818,85 @@ class ComfyClient:
                                 server=self.name, prompt_id=prompt_id)
         return data
 
-    def _exchange(self, method: str, route: str, *, json_body: Any = None, cap: int,
-                  sink: Callable[[bytes], None] | None = None, read_timeout: float | None = None,
+    def _exchange(self, method: str, route: str, *, body: bytes | None = None, content_type: str | None = None,
+                  cap: int, sink: Callable[[bytes], None] | None = None, read_timeout: float | None = None,
                   prompt_id: str | None = None) -> tuple[int, bytes]:
-        """One request, ``(status, body)``: over the lean keep-alive pool, or requests when proxied.
+        """One request through the server's pool, ``(status, body)``; the status is the caller's to judge.
 
-        Transport failures are translated; the status is the caller's to judge. With ``sink``
-        a 200 body is streamed there; an error body is always returned (cut short).
+        Every call carries its own timeouts: ``connect``, and ``read_timeout`` (default
+        ``timeouts.read``) both for each socket read and for the whole answer, so a server
+        that drips a byte at a time cannot hold the caller. With ``sink`` a 200 body is
+        streamed there; an error body is always returned, cut short.
         """
         what = f"{method} {route.split('?', 1)[0]}"
         budget = read_timeout or self.timeouts.read
-        timeout = (self.timeouts.connect, budget)
-        if self._keepalive is None:
-            return self._exchange_requests(method, route, json_body, cap, sink, budget, prompt_id)
-        body = None if json_body is None else json.dumps(json_body).encode("utf-8")
+        deadline = time.monotonic() + budget
+        headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
         try:
-            return self._keepalive.fetch(method, route, body=body, content_type="application/json" if body else None,
-                                         cap=cap, sink=sink, budget=budget)
-        except AnswerTooLarge as err:
-            raise ProtocolError(f"server '{self.name}': {what} answered {err.args[0]} bytes, more than the "
-                                f"{cap} byte limit", server=self.name, prompt_id=prompt_id) from err
-        except ConnectFailed as err:
-            cause = err.__cause__
-            wrapped = (requests.ConnectTimeout(cause) if isinstance(cause, socket.timeout)
-                       else requests.ConnectionError(cause or err))
-            raise self._translate(wrapped, what, timeout, prompt_id) from err
-        except socket.timeout as err:
-            raise self._translate(requests.Timeout(err), what, timeout, prompt_id) from err
-        except http.client.RemoteDisconnected as err:   # a BadStatusLine too, but nothing was answered
-            raise self._translate(requests.ConnectionError(err), what, timeout, prompt_id) from err
-        except (http.client.IncompleteRead, http.client.BadStatusLine, http.client.LineTooLong) as err:
-            raise self._translate(requests.exceptions.ChunkedEncodingError(err), what, timeout, prompt_id) from err
-        except (OSError, http.client.HTTPException) as err:
-            raise self._translate(requests.ConnectionError(err), what, timeout, prompt_id) from err
+            options: dict[str, Any] = {
+                "body": body, "headers": headers, "redirect": False, "retries": False, "preload_content": False,
+                "timeout": urllib3.Timeout(connect=self.timeouts.connect, read=budget)}
+            if self._direct is not None:
+                resp = self._direct.urlopen(method, self._root + route, assert_same_host=False, **options)
+            else:
+                resp = self._http.urlopen(method, self._url(route), **options)
+        except u3.HTTPError as err:
+            raise self._translate(err, what, budget, prompt_id, answering=False) from err
+        status = resp.status
+        ok = status == 200 or (status == 400 and sink is None)
+        try:
+            data = self._read_body(resp, what, cap if ok else _ERROR_BODY_CAP, sink if status == 200 else None,
+                                   deadline, budget, prompt_id, cut=not ok)
+        finally:
+            resp.release_conn()
+        return status, data
 
-    def _exchange_requests(self, method: str, route: str, json_body: Any, cap: int,
-                           sink: Callable[[bytes], None] | None, budget: float,
-                           prompt_id: str | None) -> tuple[int, bytes]:
-        what = f"{method} {route.split('?', 1)[0]}"
-        resp = self._call(method, route, json_body=json_body, read_timeout=budget, prompt_id=prompt_id)
-        status = resp.status_code
-        if status != 200 or sink is None:
-            ok = status in (200, 400)
-            return status, self._read_body(resp, what, cap if ok else _ERROR_BODY_CAP, prompt_id=prompt_id,
-                                           limit_silently=not ok, read_timeout=budget)
+    def _read_body(self, resp: urllib3.BaseHTTPResponse, what: str, cap: int, sink: Callable[[bytes], None] | None,
+                   deadline: float, budget: float, prompt_id: str | None, *, cut: bool) -> bytes:
+        """Read the body in bounded chunks by ``deadline``, refusing (or, with ``cut``, cutting) past ``cap``.
+
+        Before each read the socket timeout is set to the time left, so the deadline holds
+        to the read; an answer left unread closes its connection instead of returning it.
+        """
+        declared = resp.headers.get("Content-Length", "")
+        buf = bytearray()
+        seen = 0
         try:
-            self._check_declared_size(resp, what, cap, prompt_id)
-            seen = 0
-            for chunk in self._iter_body(resp, what, prompt_id, read_timeout=budget):
+            if not cut and declared.isdigit() and int(declared) > cap:
+                raise ProtocolError(f"server '{self.name}': {what} answered {declared} bytes, more than the "
+                                    f"{cap} byte limit", server=self.name, prompt_id=prompt_id)
+            while True:
+                sock = getattr(resp.connection, "sock", None)   # no connection once the body is all read
+                if sock is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ServerTimeout(f"server '{self.name}': {what} timed out after {_seconds(budget)} s"
+                                            f"{_ARRIVING}", server=self.name, prompt_id=prompt_id)
+                    sock.settimeout(left)
+                chunk = resp.read1(_CHUNK)
+                if not chunk:
+                    return bytes(buf)
                 seen += len(chunk)
                 if seen > cap:
-                    raise ProtocolError(f"server '{self.name}': {what} answered more than the {cap} byte limit",
-                                        server=self.name, prompt_id=prompt_id)
-                sink(chunk)
-            return status, b""
-        finally:
+                    if cut:
+                        resp.close()
+                        return bytes(buf)
+                    raise ProtocolError(f"server '{self.name}': {what} answered {seen} bytes, more than the {cap} "
+                                        f"byte limit", server=self.name, prompt_id=prompt_id)
+                if sink is not None:
+                    sink(chunk)
+                else:
+                    buf += chunk
+        except u3.HTTPError as err:
             resp.close()
+            raise self._translate(err, what, budget, prompt_id, answering=True) from err
+        except BaseException:
+            resp.close()
+            raise
 
     def _get_json(self, route: str, *, cap: int = JSON_CAP, prompt_id: str | None = None,
                   read_timeout: float | None = None) -> dict:
-        what = f"GET {route}"
+        what = f"GET {route.split('?', 1)[0]}"
         status, body = self._exchange("GET", route, cap=cap, read_timeout=read_timeout, prompt_id=prompt_id)
         if status != 200:
             self._raise_status(status, body, what, prompt_id)
@@ -916,10 +904,10 @@ class ComfyClient:
 
     def _post_no_content(self, route: str, body: Mapping[str, Any], *, prompt_id: str | None = None) -> None:
         what = f"POST {route}"
-        status, answer = self._exchange("POST", route, json_body=dict(body), cap=_ERROR_BODY_CAP, prompt_id=prompt_id)
-        if status != 200:
+        status, answer = self._exchange("POST", route, body=_json_bytes(dict(body)), content_type=_JSON,
+                                        cap=_ERROR_BODY_CAP, prompt_id=prompt_id)
+        if status not in (200, 204):
             self._raise_status(status, answer, what, prompt_id)
-
 
 EventCallback = Callable[[Event], None]
 
@@ -1079,67 +1067,6 @@ class PromptWatch:
         return entry
 
 
-class _FrameReader:
-    """Reads the server's websocket frames straight off the socket (RFC 6455 §5.2).
-
-    websocket-client parses each frame in several small Python reads; a prompt brings about
-    a dozen messages, and on the dispatch path that parsing cost more than everything else
-    the websocket does. This reader takes whole bursts from the socket and slices frames
-    out. websocket-client still does the handshake and every send (ping, pong, close).
-    A socket timeout mid-frame keeps the partial frame buffered for the next call.
-    """
-
-    #: A message larger than this is not ComfyUI talking: drop the connection.
-    MAX_MESSAGE = 64 << 20
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buf = bytearray()
-        self._opcode = 0
-        self._parts: list[bytes] = []
-
-    def next(self) -> tuple[int, bytes]:
-        """``(opcode, payload)`` of the next whole message or control frame."""
-        while True:
-            self._fill(2)
-            first, second = self._buf[0], self._buf[1]
-            opcode, length, offset = first & 0x0F, second & 0x7F, 2
-            if length == 126:
-                self._fill(4)
-                length, offset = int.from_bytes(self._buf[2:4], "big"), 4
-            elif length == 127:
-                self._fill(10)
-                length, offset = int.from_bytes(self._buf[2:10], "big"), 10
-            masked = bool(second & 0x80)   # servers must not mask; tolerated all the same
-            if length > self.MAX_MESSAGE:
-                raise ValueError(f"websocket frame of {length} bytes")
-            self._fill(offset + 4 * masked + length)
-            mask = bytes(self._buf[offset:offset + 4]) if masked else b""
-            offset += len(mask)
-            payload = bytes(self._buf[offset:offset + length])
-            del self._buf[:offset + length]
-            if mask:
-                payload = bytes(b ^ mask[k % 4] for k, b in enumerate(payload))
-            if opcode >= 0x8:      # control frames may come between the fragments of a message
-                return opcode, payload
-            if opcode:
-                self._opcode, self._parts = opcode, [payload]
-            else:
-                self._parts.append(payload)
-            if sum(map(len, self._parts)) > self.MAX_MESSAGE:
-                raise ValueError("websocket message over the size limit")
-            if first & 0x80:
-                message, self._parts = b"".join(self._parts), []
-                return self._opcode, message
-
-    def _fill(self, n: int) -> None:
-        while len(self._buf) < n:
-            data = self._sock.recv(262144)
-            if not data:
-                raise ConnectionResetError("the server closed the websocket")
-            self._buf += data
-
-
 class PromptTracker:
     """One websocket per (server, client id) on a daemon thread, reconnecting with backoff.
 
@@ -1153,8 +1080,9 @@ class PromptTracker:
     backoff_max = 5.0
     #: Seconds of silence before a ping; three times that without any frame = dead socket.
     ping_interval = 10.0
-    #: How often the reader wakes to notice ``stop()``.
-    tick = 0.1
+    #: How often a quiet reader wakes to see whether a ping is due (``stop()`` aborts the
+    #: socket, which wakes it at once).
+    tick = 5.0
     #: Seconds without an event for a prompt before its watch also polls /history.
     quiet_after = 5.0
     #: Seconds of failing history polls, with the socket down, before a watch gives up
@@ -1237,13 +1165,9 @@ class PromptTracker:
 
     def _run(self) -> None:
         delay = self.backoff_min
-        url = self.client.ws_url(self.client_id)
-        header = [f"{k}: {v}" for k, v in self.client.headers.items()]
         while not self._stop.is_set():
             try:
-                ws = websocket.create_connection(url, timeout=self.client.timeouts.connect, header=header,
-                                                 suppress_origin=True, skip_utf8_validation=True,
-                                                 enable_multithread=True)
+                ws = self.client.open_websocket(self.client_id)
             except (OSError, websocket.WebSocketException) as err:
                 log.debug("websocket to '%s' failed: %s; retrying in %.1f s", self.client.name,
                           type(err).__name__, delay)
@@ -1283,18 +1207,17 @@ class PromptTracker:
                 log.exception("on_connection callback of '%s' failed", self.client.name)
 
     def _pump(self, ws: websocket.WebSocket) -> None:
-        """Read frames until the socket closes or ``stop()``; a quiet socket gets pinged.
+        """Read messages until the socket closes or ``stop()``; a quiet socket gets pinged.
 
-        The socket timeout is the tick that notices ``stop()``; the reader keeps a half-read
-        frame across a timeout and resumes it on the next call.
+        websocket-client joins fragments, answers pings and a CLOSE, and keeps a frame cut
+        by the tick's timeout buffered for the next call. Pongs count as signs of life.
         """
         ws.settimeout(self.tick)
-        reader = _FrameReader(ws.sock)
         last_heard = last_ping = time.monotonic()
         while not self._stop.is_set():
             try:
-                opcode, payload = reader.next()
-            except (socket.timeout, ssl.SSLWantReadError):
+                opcode, frame = ws.recv_data_frame(control_frame=True)
+            except websocket.WebSocketTimeoutException:
                 now = time.monotonic()
                 if now - last_heard > 3 * self.ping_interval:
                     log.info("websocket to '%s' silent for %.0f s; reconnecting", self.client.name, now - last_heard)
@@ -1306,12 +1229,10 @@ class PromptTracker:
             last_heard = time.monotonic()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 return
-            if opcode == websocket.ABNF.OPCODE_PING:
-                ws.pong(payload)
-            elif opcode == websocket.ABNF.OPCODE_TEXT:
-                self._on_text(payload)
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self._on_text(frame.data)
             elif opcode == websocket.ABNF.OPCODE_BINARY:
-                self._on_binary(payload)
+                self._on_binary(frame.data)
 
     def _on_text(self, payload: bytes | str) -> None:
         try:

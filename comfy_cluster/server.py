@@ -1,9 +1,12 @@
 """One ComfyUI server as a backend: a status cache, the probe that refreshes it, and run_prompt.
 
 The scheduler, the CLI and the Nuke panel read the cache (plain attributes, ``get_status()``)
-and never wait on the network. The pool's monitor calls ``update_status()`` every poll
-interval on a shared thread pool; between polls the websocket ``status`` message (when a
-tracker is running for this server) keeps the queue counts fresh.
+and never wait on the network. The pool's monitor calls ``update_status()`` on a shared
+thread pool; the first good probe opens the server's websocket, on which ComfyUI pushes a
+``status`` message (queue remaining) on every queue change, so the cached counts follow
+the queue at once. While that socket is up ``/queue`` is polled only every
+``PUSHED_POLL_S`` as the truth; when it drops the server is probed at once and then every
+poll interval again.
 
 States: ``online`` (answers, nothing queued), ``busy`` (answers, work queued), ``booting``
 (answers HTTP but ``/queue``, ``/system_stats`` or ``/object_info`` fail: a server that is
@@ -26,7 +29,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 
-import requests
+from urllib3 import exceptions as u3
 
 from .backend import EventCallback, OutputRef, PromptRequest, PromptResult
 from .comfy_api import ComfyClient, Device, Event, PromptTracker, QueueState, Timeouts
@@ -58,6 +61,9 @@ STATS_EVERY_S = 30.0
 #: Timeouts of the status probe: a dead host costs at most the connect timeout, so it
 #: never holds up the refresh of the others for long.
 PROBE_TIMEOUTS = Timeouts(connect=1.0, read=5.0, transfer=5.0)
+#: Seconds between probes while the status socket is up (never less than the poll interval):
+#: the pushed ``status`` messages carry the queue, the probe checks them and liveness.
+PUSHED_POLL_S = 10.0
 
 #: ``listener(server, old_state, new_state)``: called after the cache changed (the states
 #: are equal when only queue counts moved), never under the lock.
@@ -116,10 +122,11 @@ class ServerStatus:
 
 def _answered(err: ServerUnavailable) -> bool:
     """True when the server answered HTTP (5xx, garbage) rather than not answering at all."""
+    if isinstance(err, ProtocolError):
+        return True
     if isinstance(err, ServerTimeout):
         return False
-    cause = err.__cause__
-    return not isinstance(cause, (requests.ConnectionError, requests.Timeout, OSError))
+    return not isinstance(err.__cause__, (u3.HTTPError, OSError))
 
 
 def _refused(err: BaseException) -> bool:
@@ -341,10 +348,13 @@ class ComfyUIServer:
         return True
 
     def next_probe_delay(self) -> float:
-        """Seconds from this probe's start to the next: the poll interval, or back-off while offline."""
+        """Seconds from this probe's start to the next: the poll interval (``PUSHED_POLL_S``
+        while the status socket is up), or back-off while offline."""
+        tracker = self._tracker
         with self._lock:
             if self._state is not ServerState.OFFLINE or self._failures <= 1:
-                return self.poll_interval
+                pushed = self._state in _READY and tracker is not None and tracker.connected
+                return max(self.poll_interval, PUSHED_POLL_S) if pushed else self.poll_interval
             return min(self.max_backoff, self.poll_interval * 2 ** (self._failures - 1))
 
     def update_status(self) -> ServerStatus:
@@ -366,6 +376,8 @@ class ComfyUIServer:
                     self._probe_failed(started, err)
             else:
                 self._probe_ok(started, queue, stats, classes)
+        if self.request_probe is not None and self.state in _READY:
+            self._start_tracker()   # the status socket: monitored servers only (its drop asks for a probe)
         return self.get_status()
 
     def _read_queue(self) -> QueueState | None:
@@ -463,18 +475,25 @@ class ComfyUIServer:
         if self.request_probe is not None:
             self.request_probe(self)
 
-    def _ensure_tracker(self) -> PromptTracker:
+    def _start_tracker(self) -> tuple[PromptTracker | None, bool]:
+        """The server's one websocket (status pushes and prompt events): ``(tracker, created now)``."""
         with self._tracker_lock:
-            if self._tracker is None:
-                tracker = PromptTracker(self.client, self.client_id, on_status=self._on_ws_status,
-                                        on_connection=self._on_ws_connection,
-                                        poll_interval=min(1.0, self.poll_interval))
-                tracker.start()
-                self._tracker = tracker
-                # The first prompt's events only reach us over an open socket; the history
-                # fallback covers a server whose websocket does not come up in time.
-                tracker.wait_connected(self.client.timeouts.connect)
-            return self._tracker
+            if self._tracker is not None or self._closed:
+                return self._tracker, False
+            self._tracker = PromptTracker(self.client, self.client_id, on_status=self._on_ws_status,
+                                          on_connection=self._on_ws_connection,
+                                          poll_interval=min(1.0, self.poll_interval)).start()
+            return self._tracker, True
+
+    def _ensure_tracker(self) -> PromptTracker:
+        tracker, created = self._start_tracker()
+        if tracker is None:
+            raise ServerUnavailable(f"server {self.name!r} is closed", server=self.name)
+        if created:
+            # The first prompt's events only reach us over an open socket; the history
+            # fallback covers a server whose websocket does not come up in time.
+            tracker.wait_connected(self.client.timeouts.connect)
+        return tracker
 
     @property
     def tracking(self) -> bool:
@@ -545,10 +564,7 @@ class ComfyUIServer:
         """POST /prompt; when the answer is lost (timeout, reset, garbage), ask the server
         whether the prompt landed before the frame is sent anywhere else."""
         try:
-            answer = self.client.submit(workflow, client_id=self.client_id, prompt_id=pid)
-            if answer.prompt_id != pid:   # we would wait on an id the server does not know
-                raise ProtocolError(f"server '{self.name}': POST /prompt answered prompt id {answer.prompt_id!r} "
-                                    f"for our {pid!r}", server=self.name, prompt_id=pid)
+            self.client.submit(workflow, client_id=self.client_id, prompt_id=pid)   # checks the answered id
         except MissingNodes:
             with self._lock:
                 self._classes_stale = True

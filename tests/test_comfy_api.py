@@ -1,5 +1,6 @@
 """ComfyClient: contract tests against the emulator over loopback, plus the error shapes an
-emulator cannot produce (canned sockets, and ``responses`` for 401 / 502 / resets)."""
+emulator cannot produce (tests/loopback.py: scripted HTTP answers and raw canned sockets).
+Every call goes through the production transport."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import io
 import json
 import socket
 import struct
-import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import pytest
-import requests
-import responses
 from PIL import Image
 
 from comfy_cluster.comfy_api import (
@@ -39,53 +37,13 @@ from comfy_cluster.errors import (
     WorkflowRejected,
 )
 from tests.helpers import wait_until
+from tests.loopback import CannedServer, Request, Scripted, json_answer
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
 
 
 
-# -- canned loopback servers, for shapes no real server produces on purpose ------------------
-
-class CannedServer:
-    """A loopback TCP server that reads one HTTP request per connection and lets ``reply`` write."""
-
-    def __init__(self, reply: Callable[[socket.socket], None] | None) -> None:
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(8)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._reply = reply
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        if reply is not None:          # None: accept nothing; the kernel backlog still connects
-            self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            try:
-                self._reply(conn)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def close(self) -> None:
-        self._sock.close()
-        for conn in self._conns:
-            conn.close()
-
+# -- loopback servers, for shapes no real server produces on purpose --------------------------
 
 @pytest.fixture
 def canned() -> Iterator[Callable[..., CannedServer]]:
@@ -93,6 +51,19 @@ def canned() -> Iterator[Callable[..., CannedServer]]:
 
     def make(reply: Callable[[socket.socket], None] | None) -> CannedServer:
         servers.append(CannedServer(reply))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    servers: list[Scripted] = []
+
+    def make(answer: Callable[[Request], tuple[int, dict[str, str], bytes]]) -> Scripted:
+        servers.append(Scripted(answer))
         return servers[-1]
 
     yield make
@@ -175,53 +146,52 @@ def test_streamed_download_over_the_cap_leaves_no_file(canned, tmp_path: Path) -
     assert not dest.exists()
 
 
-def test_html_instead_of_json_is_protocol_error() -> None:
-    with responses.RequestsMock() as mock:
-        mock.get("http://gpu-01:8188/system_stats", body="<html>login</html>", status=200)
-        with pytest.raises(ProtocolError, match="GET /system_stats answered invalid JSON .*<html>login</html>"):
-            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).get_system_stats()
+def test_html_instead_of_json_is_protocol_error(scripted) -> None:
+    server = scripted(lambda r: (200, {"Content-Type": "text/html"}, b"<html>login</html>"))
+    with pytest.raises(ProtocolError, match="GET /system_stats answered invalid JSON .*<html>login</html>"):
+        ComfyClient(server.url, name="gpu-01", timeouts=FAST).get_system_stats()
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_auth_failure_names_the_variable_never_the_token(status: int) -> None:
-    cfg = ServerConfig(name="gpu-03", ip="gpu03.studio.lan", port=8188, auth_token_env="GPU03_TOKEN")
-    client = ComfyClient.from_config(cfg, environ={"GPU03_TOKEN": "s3cret-token-value"}, session=requests.Session())
-    with responses.RequestsMock() as mock:
-        mock.get("http://gpu03.studio.lan:8188/system_stats", status=status, body="denied")
-        with pytest.raises(ServerUnavailable) as info:
-            client.get_system_stats()
-        assert mock.calls[0].request.headers["Authorization"] == "Bearer s3cret-token-value"
+def test_auth_failure_names_the_variable_never_the_token(scripted, status: int) -> None:
+    server = scripted(lambda r: (status, {}, b"denied"))
+    cfg = ServerConfig(name="gpu-03", ip="127.0.0.1", port=server.port, auth_token_env="GPU03_TOKEN")
+    client = ComfyClient.from_config(cfg, environ={"GPU03_TOKEN": "s3cret-token-value"}, timeouts=FAST)
+    with pytest.raises(ServerUnavailable) as info:
+        client.get_system_stats()
+    assert server.requests[0].headers["authorization"] == "Bearer s3cret-token-value"
     text = str(info.value)
     assert f"authentication failed (HTTP {status})" in text
     assert "$GPU03_TOKEN" in text
     assert "s3cret" not in text and "s3cret" not in repr(client)
 
 
-def test_bad_gateway_html_is_server_unavailable_with_an_excerpt() -> None:
-    html = "<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
-    with responses.RequestsMock() as mock:
-        mock.post("http://gpu-01:8188/prompt", status=502, body=html)
-        with pytest.raises(ServerUnavailable) as info:
-            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).submit({}, client_id="c", prompt_id="p-9")
+def test_bad_gateway_html_is_server_unavailable_with_an_excerpt(scripted) -> None:
+    html = b"<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
+    server = scripted(lambda r: (502, {"Content-Type": "text/html"}, html))
+    with pytest.raises(ServerUnavailable) as info:
+        ComfyClient(server.url, name="gpu-01", timeouts=FAST).submit({}, client_id="c", prompt_id="p-9")
     assert type(info.value) is ServerUnavailable
     assert str(info.value).startswith("server 'gpu-01': POST /prompt failed with HTTP 502: <html><head><title>502")
     assert info.value.prompt_id == "p-9"
 
 
-def test_connection_reset_is_server_unavailable() -> None:
-    reset = requests.ConnectionError(ConnectionResetError(104, "Connection reset by peer"))
-    with responses.RequestsMock() as mock:
-        mock.get("http://gpu-01:8188/prompt", body=reset)
-        with pytest.raises(ServerUnavailable, match="GET /prompt failed: connection reset by the server"):
-            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).queue_remaining()
+def test_connection_reset_is_server_unavailable(canned) -> None:
+    def reset(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close sends RST
+
+    server = canned(reset)
+    with pytest.raises(ServerUnavailable, match="GET /prompt failed: connection reset by the server"):
+        ComfyClient(server.url, name="gpu-01", timeouts=FAST).queue_remaining()
 
 
-def test_base_url_path_and_api_prefix_are_joined() -> None:
-    client = ComfyClient("https://farm.studio.lan/comfy/", api_prefix="api/", name="proxy", session=requests.Session())
-    with responses.RequestsMock() as mock:
-        mock.get("https://farm.studio.lan/comfy/api/prompt", json={"exec_info": {"queue_remaining": 3}})
-        assert client.queue_remaining() == 3
-    assert client.ws_url("a b/c") == "wss://farm.studio.lan/comfy/api/ws?clientId=a%20b%2Fc"
+def test_base_url_path_and_api_prefix_are_joined(scripted) -> None:
+    server = scripted(lambda r: json_answer(b'{"exec_info": {"queue_remaining": 3}}'))
+    client = ComfyClient(f"{server.url}/comfy/", api_prefix="api/", name="proxy", timeouts=FAST)
+    assert client.queue_remaining() == 3
+    assert server.paths() == ["/comfy/api/prompt"]
+    secure = ComfyClient("https://farm.studio.lan/comfy/", api_prefix="api/")
+    assert secure.ws_url("a b/c") == "wss://farm.studio.lan/comfy/api/ws?clientId=a%20b%2Fc"
     assert ComfyClient("http://10.0.0.5:8188").ws_url("x") == "ws://10.0.0.5:8188/ws?clientId=x"
 
 
@@ -233,25 +203,24 @@ def test_from_config_merges_headers_and_brackets_ipv6() -> None:
     assert client.headers == {"X-Studio": "nuke"}
 
 
-def test_interrupt_and_free_always_send_json_bodies() -> None:
-    client = ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session())
-    with responses.RequestsMock() as mock:
-        mock.post("http://gpu-01:8188/interrupt")
-        mock.post("http://gpu-01:8188/free")
-        client.interrupt()
-        client.interrupt("p-1")
-        client.free(unload_models=True)
-        bodies = [json.loads(call.request.body) for call in mock.calls]
-    assert bodies == [{}, {"prompt_id": "p-1"}, {"unload_models": True, "free_memory": False}]
+def test_interrupt_and_free_always_send_json_bodies(scripted) -> None:
+    server = scripted(lambda r: (200, {}, b""))
+    client = ComfyClient(server.url, name="gpu-01", timeouts=FAST)
+    client.interrupt()
+    client.interrupt("p-1")
+    client.free(unload_models=True)
+    assert server.paths() == ["/interrupt", "/interrupt", "/free"]
+    assert all(r.headers["content-type"] == "application/json" for r in server.requests)
+    assert [json.loads(r.body) for r in server.requests] == [{}, {"prompt_id": "p-1"},
+                                                             {"unload_models": True, "free_memory": False}]
 
 
-def test_older_servers_reject_unknown_classes_in_their_own_words() -> None:
+def test_older_servers_reject_unknown_classes_in_their_own_words(scripted) -> None:
     answer = {"error": {"type": "invalid_prompt", "message": "Cannot execute because node Eff. Loader SDXL "
                         "does not exist.", "details": "Node ID '#7'", "extra_info": {}}, "node_errors": {}}
-    with responses.RequestsMock() as mock:
-        mock.post("http://gpu-01:8188/prompt", status=400, json=answer)
-        with pytest.raises(MissingNodes) as info:
-            ComfyClient("http://gpu-01:8188", name="gpu-01", session=requests.Session()).submit({}, client_id="c")
+    server = scripted(lambda r: json_answer(json.dumps(answer).encode(), 400))
+    with pytest.raises(MissingNodes) as info:
+        ComfyClient(server.url, name="gpu-01", timeouts=FAST).submit({}, client_id="c")
     assert info.value.missing == {"Eff. Loader SDXL"}
     assert info.value.server == "gpu-01"
     assert "Node ID '#7'" in str(info.value)
@@ -560,14 +529,11 @@ def test_execution_error_reaches_the_waiter(emu, client, tracker) -> None:
     assert err.server_specific                  # out of memory: another GPU may manage
 
 
-def test_queue_probe_keeps_one_connection_and_survives_a_restart(emulator_factory) -> None:
-    """The monitor's keep-alive GET reuses its socket, and reconnects once the server is back."""
+def test_queue_probe_survives_a_restart(emulator_factory) -> None:
+    """A pooled connection to a killed server fails the call; once it is back, a fresh one is made."""
     proc = emulator_factory(name="gpu-07")
     client = ComfyClient(proc.url, name="gpu-07", timeouts=FAST)
     client.get_queue()
-    first = client._keepalive._idle[-1].sock.getsockname()
-    client.get_queue()
-    assert client._keepalive._idle[-1].sock.getsockname() == first
     proc.kill()
     with pytest.raises(ServerUnavailable, match="server 'gpu-07': GET /queue"):
         client.get_queue()
@@ -602,6 +568,8 @@ def test_queue_probe_reads_chunked_and_close_delimited_answers(canned, answer: b
 def test_recent_history_is_the_newest_prompts_oldest_first(client: ComfyClient, tracker: PromptTracker) -> None:
     done = [run(client, tracker, solid(color, f"recent/{i}")).prompt_id
             for i, color in enumerate((0x110000, 0x220000, 0x330000))]
-    recent = client.get_recent_history(2)
+    # execution_success (which ends the wait) goes out before ComfyUI stores the history entry
+    recent = wait_until(lambda: (r := client.get_recent_history(2)) and r[-1].prompt_id == done[-1] and r,
+                        what="the last prompt in the history")
     assert [entry.prompt_id for entry in recent] == done[1:]
     assert all(entry.status_str == "success" for entry in recent)

@@ -552,7 +552,7 @@ def test_a_different_prompt_id_in_the_submit_answer_fails_the_attempt_at_once(se
                                      job_timeout=HANG_LIMIT * 4)
         result = batch.result(timeout=HANG_LIMIT)   # far sooner than the job timeout
     assert sorted(result.failed) == [1]
-    assert "answered prompt id 'not-yours-0000'" in str(result.failed[1]), result.failed[1]
+    assert "queued prompt 'not-yours-0000' instead of ours" in str(result.failed[1]), result.failed[1]
 
 
 async def hang_forever(request: web.Request) -> web.Response:

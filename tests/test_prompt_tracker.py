@@ -382,65 +382,159 @@ def test_killed_server_without_lost_signal_still_ends_the_wait() -> None:
         proc.stop()
 
 
-def _frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"") -> bytes:
-    head = bytes([(0x80 if fin else 0) | opcode])
+def _frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    """One server frame (unmasked), RFC 6455 section 5.2."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
     n = len(payload)
-    flag = 0x80 if mask else 0
     if n < 126:
-        head += bytes([flag | n])
+        head += bytes([n])
     elif n < 1 << 16:
-        head += bytes([flag | 126]) + n.to_bytes(2, "big")
+        head += bytes([126]) + n.to_bytes(2, "big")
     else:
-        head += bytes([flag | 127]) + n.to_bytes(8, "big")
-    body = bytes(b ^ mask[k % 4] for k, b in enumerate(payload)) if mask else payload
-    return head + mask + body
+        head += bytes([127]) + n.to_bytes(8, "big")
+    return head + payload
 
 
-def test_frame_reader_handles_lengths_fragments_control_frames_and_masks() -> None:
-    from comfy_cluster.comfy_api import _FrameReader
+def _read_client_frame(conn: socket.socket) -> tuple[int, bytes]:
+    """One masked client frame: ``(opcode, unmasked payload)``."""
+    def exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise ConnectionResetError("client went away")
+            data += chunk
+        return data
 
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.settimeout(2)
-        medium, large = b"m" * 300, b"L" * 70_000
-        theirs.sendall(_frame(1, b'{"type": "status"}')
-                       + _frame(1, medium) + _frame(2, large)
-                       + _frame(1, b'{"a":', fin=False) + _frame(9, b"ping!") + _frame(0, b' 1}')
-                       + _frame(1, b"masked text", mask=b"\x01\x02\x03\x04")
-                       + _frame(8, b"\x03\xe8"))
-        reader = _FrameReader(ours)
-        got = [reader.next() for _ in range(7)]
-    assert got == [(1, b'{"type": "status"}'), (1, medium), (2, large), (9, b"ping!"), (1, b'{"a": 1}'),
-                   (1, b"masked text"), (8, b"\x03\xe8")]
-
-
-def test_frame_reader_resumes_a_frame_split_across_a_timeout() -> None:
-    from comfy_cluster.comfy_api import _FrameReader
-
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.settimeout(0.2)
-        whole = _frame(1, b'{"type": "executing", "data": {"node": null}}')
-        theirs.sendall(whole[:5])
-        reader = _FrameReader(ours)
-        with pytest.raises(socket.timeout):
-            reader.next()
-        theirs.sendall(whole[5:])
-        assert reader.next() == (1, b'{"type": "executing", "data": {"node": null}}')
+    first, second = exact(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(exact(2), "big")
+    elif length == 127:
+        length = int.from_bytes(exact(8), "big")
+    mask = exact(4)
+    return first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(exact(length)))
 
 
-def test_frame_reader_refuses_absurd_frames_and_notices_a_close() -> None:
-    from comfy_cluster.comfy_api import _FrameReader
+class RawWebsocketServer:
+    """A loopback websocket server that writes raw frames: ``play(conn, index)`` per connection."""
 
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.settimeout(2)
-        theirs.sendall(bytes([0x81, 127]) + (1 << 40).to_bytes(8, "big"))
-        with pytest.raises(ValueError, match="websocket frame of"):
-            _FrameReader(ours).next()
-    ours, theirs = socket.socketpair()
-    with ours:
-        ours.settimeout(2)
-        theirs.close()
-        with pytest.raises(ConnectionResetError):
-            _FrameReader(ours).next()
+    def __init__(self, play) -> None:
+        self._play = play
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(4)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.connections = 0
+        self.client_frames: list[tuple[int, bytes]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        import base64
+        import hashlib
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            try:
+                self._play(self, conn, index)
+            except OSError:
+                pass
+
+    def read(self, conn: socket.socket, opcode: int) -> bytes:
+        """The next client frame of ``opcode`` (the tracker's feature_flags text comes first)."""
+        while True:
+            frame = _read_client_frame(conn)
+            self.client_frames.append(frame)
+            if frame[0] == opcode:
+                return frame[1]
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def status(n: int, pad: int = 0) -> bytes:
+    return json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": n}}},
+                       "pad": "x" * pad}).encode()
+
+
+def test_the_socket_joins_fragments_answers_pings_and_closes_through_the_library() -> None:
+    """Lengths of every size class, a ping between the fragments of a message, a preview of
+    70,000 bytes, then a CLOSE: answered, and the tracker connects again."""
+    preview = struct.pack(">II", 4, 30) + b'{"prompt_id": "p1", "x": "yy"}' + b"\xff" * 70_000
+    text = status(3)
+
+    def play(server: RawWebsocketServer, conn: socket.socket, index: int) -> None:
+        if index > 1:
+            conn.sendall(_frame(1, status(9)))
+            server.read(conn, 8)
+            return
+        conn.sendall(_frame(1, status(1)) + _frame(1, status(2, pad=300)) + _frame(2, preview)
+                     + _frame(1, text[:20], fin=False) + _frame(9, b"ping!") + _frame(0, text[20:]))
+        assert server.read(conn, 10) == b"ping!"          # the pong carries the ping's payload
+        conn.sendall(_frame(8, b"\x03\xe8"))
+        server.read(conn, 8)                              # the library answers the CLOSE
+
+    server = RawWebsocketServer(play)
+    seen: list[int] = []
+    events: list[Event] = []
+    tracker = PromptTracker(ComfyClient(server.url, name="raw", timeouts=FAST), "c1", on_status=seen.append)
+    tracker.backoff_min = 0.05
+    with tracker:
+        watch = tracker.watch("p1", on_event=events.append)
+        wait_until(lambda: 9 in seen, what="a status on the second connection")
+        watch.close()
+    assert seen[:3] == [1, 2, 3] and seen[-1] == 9
+    assert [(e.type, e.data["format"], len(e.data["image"])) for e in events] == [("preview", "unknown", 70_000)]
+    assert server.connections >= 2
+    server.close()
+
+
+def test_a_frame_split_across_the_readers_tick_is_resumed() -> None:
+    whole = _frame(1, status(4))
+    gap = threading.Event()
+
+    def play(server: RawWebsocketServer, conn: socket.socket, index: int) -> None:
+        conn.sendall(whole[:5])
+        gap.wait(1.0)                                     # longer than the tick: the read times out mid-frame
+        conn.sendall(whole[5:])
+        server.read(conn, 8)
+
+    server = RawWebsocketServer(play)
+    seen: list[int] = []
+    tracker = PromptTracker(ComfyClient(server.url, name="raw", timeouts=FAST), "c1", on_status=seen.append)
+    tracker.tick = 0.2
+    with tracker:
+        wait_until(lambda: seen, what="the split status message")
+    assert seen == [4] and server.connections == 1
+    server.close()
+
+
+def test_a_frame_with_reserved_bits_drops_the_connection() -> None:
+    """No extension was negotiated, so RSV bits set are a protocol error (the old reader ignored them)."""
+    def play(server: RawWebsocketServer, conn: socket.socket, index: int) -> None:
+        conn.sendall(_frame(1, status(5), rsv=0x40) if index == 1 else _frame(1, status(6)))
+        server.read(conn, 8)
+
+    server = RawWebsocketServer(play)
+    seen: list[int] = []
+    tracker = PromptTracker(ComfyClient(server.url, name="raw", timeouts=FAST), "c1", on_status=seen.append)
+    tracker.backoff_min = 0.05
+    with tracker:
+        wait_until(lambda: seen, what="a status on the second connection")
+    assert seen == [6] and server.connections >= 2
+    server.close()
