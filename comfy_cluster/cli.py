@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
+from .cli_tunnel import register as _register_tunnel
 from .errors import BindingError, ComfyClusterError, ConfigError
 from .jobs import BatchEvent
 
@@ -114,7 +115,8 @@ def status_table(snapshot: dict[str, Any]) -> str:
         vram = f"{_fmt_bytes(device.get('vram_free'))}/{_fmt_bytes(device.get('vram_total'))}" if device else "-"
         rows.append([s["name"], s["state"], f"{s['queue_running']}/{s['queue_pending']}", gpu, vram,
                      s.get("comfyui_version") or "-", f"{s['in_flight']}/{s['max_queue']}",
-                     _fmt_seconds(s.get("seconds_per_job")), s.get("address", "")])
+                     _fmt_seconds(s.get("seconds_per_job")),
+                     s.get("address", "") + (f" via {s['tunnel']}" if s.get("tunnel") else "")])
     if snapshot.get("runpod"):
         rp = snapshot["runpod"]
         rows.append([rp.get("name", "runpod"), rp.get("state", "-"), "-", "serverless", "-", "-",
@@ -528,7 +530,7 @@ def _register_runpod(sub: argparse._SubParsersAction) -> None:
 
 #: One function per command group; each adds its subcommands. Add a group here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _register_status, _register_work, _register_config, _register_runpod, _register_emulators,
+    _register_status, _register_work, _register_config, _register_runpod, _register_emulators, _register_tunnel,
 ]
 
 

@@ -9,12 +9,15 @@ logging to a file, and is ready when its log says it listens. A missing ``sshd``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "install the Debian packages openssh-server and openssh-client (apt-get install openssh-server openssh-client)"
@@ -116,3 +119,29 @@ class SshServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A started ``SshServer`` for the module; a machine without OpenSSH fails here, saying what to install."""
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"the tunnel tests need a real OpenSSH server and client: {', '.join(missing)} not found; "
+                    f"{INSTALL_HINT}")
+    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """A state folder of this test's own; every tunnel recorded in it is stopped at the end."""
+    from comfy_cluster.tunnel import TunnelRecord, stop_process
+
+    folder = tmp_path / "state"
+    monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(folder))
+    yield folder
+    for path in (folder / "tunnels").glob("*.json"):
+        stop_process(TunnelRecord.from_dict(json.loads(path.read_text())))

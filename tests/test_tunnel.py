@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from comfy_cluster import run
@@ -25,10 +26,10 @@ from comfy_cluster.config import ServerConfig
 from comfy_cluster.errors import TunnelError
 from comfy_cluster.pool import ComfyUIServerPool
 from comfy_cluster.server import ServerState
-from comfy_cluster.tunnel import Tunnel, TunnelRecord, TunnelState, runs_our_ssh, stop_process
+from comfy_cluster.tunnel import Tunnel, TunnelRecord, TunnelState, runs_our_ssh
 from comfy_cluster.tunnel_config import SSHConfig, pod_ssh
 from tests.helpers import wait_until
-from tests.sshd import INSTALL_HINT, SshServer, keygen, missing_programs
+from tests.sshd import SshServer, keygen, sshd, state  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 UNROUTED = "192.0.2.10"
@@ -37,29 +38,6 @@ INVERT = {
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "comp"}},
 }
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    missing = missing_programs()
-    if missing:
-        pytest.fail(f"the tunnel tests need a real OpenSSH server and client: {', '.join(missing)} not found; "
-                    f"{INSTALL_HINT}")
-    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def state(tmp_path, monkeypatch):
-    """A state folder of this test's own; every tunnel recorded in it is stopped at the end."""
-    folder = tmp_path / "state"
-    monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(folder))
-    yield folder
-    for path in (folder / "tunnels").glob("*.json"):
-        stop_process(TunnelRecord.from_dict(json.loads(path.read_text())))
 
 
 def _tunnelled(name: str, emu, sshd: SshServer, **ssh: object) -> ServerConfig:
@@ -220,7 +198,6 @@ def test_a_taken_local_port_picks_another_and_says_so(sshd, state, emulator_thre
             status = tunnel.status()
             assert status.note == f"local port {taken} was taken: using {port} (ssh.local_port)"
             assert status.note in status.summary()
-            import requests
             assert requests.get(f"http://127.0.0.1:{port}/system_stats", timeout=10).ok
         finally:
             tunnel.release()
@@ -329,7 +306,6 @@ def test_an_ssh_config_alias_is_passed_to_ssh_as_it_is(sshd, state, emulator_thr
     try:
         port = tunnel.ensure()
         assert _record(state).argv[-1] == "comfy-box"
-        import requests
         assert requests.get(f"http://127.0.0.1:{port}/system_stats", timeout=10).ok
     finally:
         tunnel.release()
