@@ -23,6 +23,7 @@ paths ever reach a message; identity files are never read by this module.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -37,6 +38,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -65,6 +67,7 @@ INSTALL_HINT = ("install the OpenSSH client (Debian/Ubuntu: apt-get install open
 
 _children: dict[int, subprocess.Popen[bytes]] = {}   # ssh processes this process started, reaped by poll()
 _children_lock = threading.Lock()
+_in_use: weakref.WeakSet[Tunnel] = weakref.WeakSet()  # released at exit, so a quitting Nuke frees its share
 
 
 class TunnelState(str, Enum):
@@ -346,18 +349,13 @@ class Tunnel:
         return cfg.model_copy(update={"ip": LOCAL_HOST, "port": self._port})
 
     def status(self) -> TunnelStatus:
-        with self._lock:
-            record = self._record
-            return TunnelStatus(server=self.server, ssh=self.ssh.label, state=self._state, local_port=self._port,
-                                pid=record.pid if record is not None else None,
-                                users=len(record.users) if record is not None else 0,
-                                pinned=record.pinned if record is not None else False,
-                                note=self._note, error=self._error)
-
-    def alive(self) -> bool:
-        """True while the ssh process of the tunnel runs (a process check, no network)."""
+        """The cache, read without the lock: the status panel never waits behind an ssh connect."""
         record = self._record
-        return record is not None and runs_our_ssh(record)
+        return TunnelStatus(server=self.server, ssh=self.ssh.label, state=self._state, local_port=self._port,
+                            pid=record.pid if record is not None else None,
+                            users=len(record.users) if record is not None else 0,
+                            pinned=record.pinned if record is not None else False,
+                            note=self._note, error=self._error)
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -393,6 +391,7 @@ class Tunnel:
                 raise
             self._failures = 0
             self._state, self._error, self.was_up = TunnelState.UP, None, True
+            _in_use.add(self)
             return port
 
     def _exit_detail(self) -> str:
@@ -594,6 +593,15 @@ class Tunnel:
                 self._remove()
                 return None
             return record
+
+
+@atexit.register
+def _release_all() -> None:
+    for tunnel in list(_in_use):
+        try:
+            tunnel.release()
+        except (OSError, TunnelError) as err:
+            log.warning("server %r: could not release the tunnel at exit: %s", tunnel.server, err)
 
 
 __all__ = ["Tunnel", "TunnelRecord", "TunnelState", "TunnelStatus", "runs_our_ssh", "stop_process"]

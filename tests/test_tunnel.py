@@ -334,3 +334,34 @@ def test_a_dead_record_is_cleaned_up_and_not_reused(sshd, state, emulator_thread
         assert record.pid != os.getpid() and record.local_port == port != 1 and runs_our_ssh(record)
     finally:
         tunnel.release()
+
+
+def test_a_server_follows_the_tunnel_to_the_port_another_user_opened_it_on(sshd, state, emulator_thread_factory,
+                                                                          tmp_path):
+    emu = emulator_thread_factory(name="behind-ssh")
+    _plates(tmp_path / "plates", range(1, 3))
+    cfg = _tunnelled("gpu-ssh", emu, sshd)
+    pool = ComfyUIServerPool([cfg], poll_interval=0.2)   # built first: it plans a port of its own
+    planned = pool.get_server_by_name("gpu-ssh").client.base_url
+    other = Tunnel.for_server(_tunnelled("gpu-ssh", emu, sshd, local_port=_free_port_other_than(planned)))
+    try:
+        port = other.ensure()
+        assert planned != f"http://127.0.0.1:{port}"
+        with pool:
+            server = pool.get_server_by_name("gpu-ssh")
+            wait_until(lambda: _ready(pool, "gpu-ssh"), 30, "the server online through the shared tunnel")
+            assert server.client.base_url == f"http://127.0.0.1:{port}"
+            res = _render(pool, tmp_path / "plates", tmp_path / "out", "1-2")
+            assert res.ok and res.by_server == {"gpu-ssh": 2}, res.failed
+        assert runs_our_ssh(_record(state)), "the other user still holds the tunnel"
+    finally:
+        other.release()
+
+
+def _free_port_other_than(url: str) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if not url.endswith(f":{port}"):
+            return port
