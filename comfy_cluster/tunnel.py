@@ -171,7 +171,9 @@ def runs_our_ssh(record: TunnelRecord) -> bool:
         return False
     if sys.platform == "win32":   # tasklist knows only the image name
         return Path(line[0]).stem.lower() == Path(record.argv[0]).stem.lower()
-    return line == list(record.argv)
+    if sys.platform.startswith("linux"):
+        return line == list(record.argv)
+    return line == " ".join(record.argv).split()   # ps joins the arguments with spaces
 
 
 def _pid_alive(pid: int) -> bool:
