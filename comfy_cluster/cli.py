@@ -148,14 +148,14 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    from .comfy_api import ComfyClient
+    from .tunnel import open_client
 
     cfg = _cluster_config(args)
     match = [s for s in cfg.servers if s.name == args.server]
     if not match:
         raise UsageError(f"no server {args.server!r}; configured: {', '.join(s.name for s in cfg.servers)}")
     server = match[0]
-    with ComfyClient.from_config(server, os.environ) as client:
+    with open_client(server, os.environ) as client:
         stats = client.get_system_stats()
         queue = client.get_queue()
         nodes = client.node_classes()

@@ -44,6 +44,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from .comfy_api import ComfyClient
 from .config import ServerConfig
 from .errors import ServerUnavailable, TunnelError
 from .ledger import state_dir
@@ -597,6 +598,22 @@ class Tunnel:
             return record
 
 
+@contextlib.contextmanager
+def open_client(cfg: ServerConfig, environ: Mapping[str, str] = os.environ) -> Iterator[ComfyClient]:
+    """A one-off client for ``cfg``: through its tunnel (opened or reused, released after) when it has ``ssh``."""
+    if cfg.ssh is None:
+        with ComfyClient.from_config(cfg, environ) as client:
+            yield client
+        return
+    tunnel = Tunnel.for_server(cfg, environ=environ)
+    try:
+        tunnel.ensure()
+        with ComfyClient.from_config(tunnel.client_config(cfg), environ) as client:
+            yield client
+    finally:
+        tunnel.release()
+
+
 @atexit.register
 def _release_all() -> None:
     for tunnel in list(_in_use):
@@ -606,4 +623,4 @@ def _release_all() -> None:
             log.warning("server %r: could not release the tunnel at exit: %s", tunnel.server, err)
 
 
-__all__ = ["Tunnel", "TunnelRecord", "TunnelState", "TunnelStatus", "runs_our_ssh", "stop_process"]
+__all__ = ["Tunnel", "TunnelRecord", "open_client", "TunnelState", "TunnelStatus", "runs_our_ssh", "stop_process"]

@@ -61,6 +61,10 @@ def test_tunnel_start_status_stop(sshd, state, emulator, tmp_path, capsys):
     code, out, err = _run(["--servers", str(servers), "tunnel", "status"], capsys)
     assert code == 1 and "gpu-ssh" in out and "down" in out and "gpu-direct" not in out, err
 
+    code, out, err = _run(["--servers", str(servers), "info", "gpu-ssh"], capsys)
+    assert code == 0 and "ComfyUI 0.3.64" in out, err
+    assert not list((state / "tunnels").glob("*.json")), "info opened a tunnel of its own and closed it"
+
     code, out, err = _run(["--servers", str(servers), "tunnel", "start"], capsys)
     assert code == 0, (out, err)
     (path,) = (state / "tunnels").glob("*.json")
