@@ -372,7 +372,8 @@ class ComfyUIServer:
                 stats = self._probe.get_system_stats() if need_stats else None
                 classes = self._probe.node_classes() if need_classes else None
             except ServerUnavailable as err:
-                if _answered(err):
+                if _answered(err) or (self.tunnel is not None and self.tunnel.was_up and _refused(err)):
+                    # A refused local port is the tunnel's ssh dying: the next probe re-makes it.
                     self._apply(ServerState.BOOTING, started, error=err)
                 else:
                     self._probe_failed(started, err)

@@ -406,7 +406,7 @@ class Tunnel:
             record = self._read()
             if record is not None:
                 if runs_our_ssh(record):
-                    live = tuple(u for u in record.users if _pid_alive(int(u.split(":")[0])))
+                    live = tuple(u for u in record.users if u != self._token and _pid_alive(int(u.split(":")[0])))
                     record = replace(record, users=(*live, self._token))
                     self._write(record)
                     self._record, self._port = record, record.local_port
@@ -432,7 +432,9 @@ class Tunnel:
                 raise TunnelError(f"server {self.server!r}: ssh.local_port: ssh could not bind any of the local "
                                   f"ports {', '.join(map(str, taken))} (Address already in use)",
                                   field="ssh.local_port", server=self.server)
-            if taken:
+            # Say so when the user asked for the port, or clients already knew the old one.
+            self._note = None
+            if taken and (taken[0] == self.ssh.local_port or self.was_up):
                 self._note = f"local port {taken[0]} was taken: using {port} (ssh.local_port)"
                 log.warning("server %r: ssh.local_port: port %d on %s is taken by another program: the tunnel "
                             "uses port %d instead", self.server, taken[0], LOCAL_HOST, port)

@@ -132,6 +132,7 @@ def test_killing_ssh_mid_batch_loses_no_frame_and_the_tunnel_comes_back(sshd, st
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"sh010.{f:04d}.png" for f in range(1, 31)]
     assert f"the ssh process of the tunnel (pid {killed.pid}) exited" in caplog.text
     assert "server 'gpu-ssh': online -> booting" in caplog.text or "server 'gpu-ssh': busy -> booting" in caplog.text
+    assert "server 'gpu-ssh': busy -> offline" not in caplog.text and "'gpu-ssh': online -> offline" not in caplog.text
 
 
 _CHILD = """
