@@ -173,7 +173,8 @@ class ComfyUIServer:
         self.config = config
         self.client_id = client_id
         #: The SSH tunnel the clients talk through (``config.ssh``); opened on the first probe.
-        self.tunnel = tunnel if tunnel is not None or config.ssh is None else Tunnel.for_server(config, environ=environ)
+        self.tunnel = tunnel if tunnel is not None or config.ssh is None else Tunnel.for_server(
+            config, environ=environ, max_backoff=max_backoff)
         wire = config if self.tunnel is None else self.tunnel.client_config(config)
         self._environ, self._probe_timeouts, self._own_clients = environ, probe_timeouts, client is None
         self.client = client if client is not None else ComfyClient.from_config(wire, environ)

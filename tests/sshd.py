@@ -9,6 +9,7 @@ logging to a file, and is ready when its log says it listens. A missing ``sshd``
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ class SshServer:
         self.known_hosts = self.folder / "known_hosts"
         self.log = self.folder / "sshd.log"
         self.port = 0
-        self.user = os.environ.get("USER") or __import__("getpass").getuser()
+        self.user = getpass.getuser()
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> SshServer:
@@ -68,31 +69,42 @@ class SshServer:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # privilege separation directory
         for _attempt in range(5):   # a free port can be taken between the probe and sshd's bind
             self.port = free_port()
-            config = self.folder / "sshd_config"
-            config.write_text("\n".join([
-                f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-                f"AuthorizedKeysFile {self.authorized_keys}", f"PidFile {self.folder / 'sshd.pid'}",
-                "UsePAM no", "StrictModes no", "PubkeyAuthentication yes", "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "AllowTcpForwarding yes",
-                "AllowAgentForwarding no", "X11Forwarding no", "PrintMotd no", "LogLevel VERBOSE",
-                "MaxStartups 50", "MaxSessions 50", "",
-            ]))
-            with open(self.log, "wb") as log:
-                self._proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                              stdout=log, stderr=log)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                text = self.log.read_text(errors="replace")
-                if f"Server listening on 127.0.0.1 port {self.port}" in text:
-                    self.known_hosts.write_text(self.known_hosts_line())
-                    return self
-                if self._proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-            self.stop()
+            if self._launch(timeout):
+                self.known_hosts.write_text(self.known_hosts_line())
+                return self
             if "Address already in use" not in self.log.read_text(errors="replace"):
                 break
         raise RuntimeError(f"sshd did not start; its log:\n{self.log.read_text(errors='replace')}")
+
+    def restart(self, timeout: float = 20.0) -> SshServer:
+        """Start again on the same port with the same keys (after ``stop``)."""
+        if not self._launch(timeout):
+            raise RuntimeError(f"sshd did not restart; its log:\n{self.log.read_text(errors='replace')}")
+        return self
+
+    def _launch(self, timeout: float) -> bool:
+        config = self.folder / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {self.authorized_keys}", f"PidFile {self.folder / 'sshd.pid'}",
+            "UsePAM no", "StrictModes no", "PubkeyAuthentication yes", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "AllowTcpForwarding yes",
+            "AllowAgentForwarding no", "X11Forwarding no", "PrintMotd no", "LogLevel VERBOSE",
+            "MaxStartups 50", "MaxSessions 50", "",
+        ]))
+        self.log.write_bytes(b"")
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if f"Server listening on 127.0.0.1 port {self.port}" in self.log.read_text(errors="replace"):
+                return True
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        return False
 
     def known_hosts_line(self, host_key: Path | None = None) -> str:
         """The ``known_hosts`` line for this server (or for another key, to fake a changed host)."""

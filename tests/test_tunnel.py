@@ -366,3 +366,30 @@ def _free_port_other_than(url: str) -> int:
             port = sock.getsockname()[1]
         if not url.endswith(f":{port}"):
             return port
+
+
+def test_while_the_tunnel_cannot_be_remade_frames_go_elsewhere_then_it_comes_back(state, emulator_thread_factory,
+                                                                                  tmp_path):
+    own = SshServer(tmp_path / "own-sshd").start()   # this test stops its sshd: not the module's
+    try:
+        behind = emulator_thread_factory(name="behind-ssh")
+        local = emulator_thread_factory(name="local", seconds_per_job=0.05)
+        _plates(tmp_path / "plates", range(1, 9))
+        cfgs = [_tunnelled("gpu-ssh", behind, own), ServerConfig(name="gpu-local", ip="127.0.0.1", port=local.port)]
+        with ComfyUIServerPool(cfgs, poll_interval=0.2, max_backoff=1.0) as pool:
+            server = pool.get_server_by_name("gpu-ssh")
+            wait_until(lambda: _ready(pool, "gpu-ssh") and _ready(pool, "gpu-local"), 30, "both servers online")
+            first = _record(state)
+            own.stop()                        # the SSH host goes away, and with it the tunnel
+            os.kill(first.pid, signal.SIGKILL)
+            wait_until(lambda: server.last_error and "nothing accepts SSH connections" in server.last_error, 30,
+                       "a failed re-make")
+            assert server.state is ServerState.BOOTING
+            assert "failed: server 'gpu-ssh': ssh.port: nothing accepts SSH" in server.get_status().tunnel
+            res = _render(pool, tmp_path / "plates", tmp_path / "out", "1-8")
+            assert res.ok and res.by_server == {"gpu-local": 8}, (res.failed, res.by_server)
+            own.restart()
+            wait_until(lambda: _ready(pool, "gpu-ssh"), 30, "the tunnel re-made once the SSH host is back")
+            assert _record(state).pid != first.pid
+    finally:
+        own.stop()
