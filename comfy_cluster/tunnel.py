@@ -436,8 +436,9 @@ class Tunnel:
             self._note = None
             if taken and (taken[0] == self.ssh.local_port or self.was_up):
                 self._note = f"local port {taken[0]} was taken: using {port} (ssh.local_port)"
-                log.warning("server %r: ssh.local_port: port %d on %s is taken by another program: the tunnel "
-                            "uses port %d instead", self.server, taken[0], LOCAL_HOST, port)
+                log.warning("server %r: ssh.local_port: port %d on %s is taken (by another program, or by "
+                            "connections of the dead tunnel still closing): the tunnel uses port %d instead",
+                            self.server, taken[0], LOCAL_HOST, port)
             record = TunnelRecord(key=self.key, pid=proc.pid, local_port=port, argv=tuple(argv),
                                   started=time.time(), users=(self._token,))
             self._write(record)

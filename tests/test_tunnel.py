@@ -123,7 +123,7 @@ def test_killing_ssh_mid_batch_loses_no_frame_and_the_tunnel_comes_back(sshd, st
         back = wait_until(lambda: (list((state / "tunnels").glob("*.json")) and runs_our_ssh(_record(state))
                                    and _record(state).pid != killed.pid and _ready(pool, "gpu-ssh")
                                    and _record(state)), 30, "the tunnel re-made")
-        assert pool.get_server_by_name("gpu-ssh").get_status().tunnel.endswith(f"up (pid {back.pid})")
+        assert f"up (pid {back.pid})" in pool.get_server_by_name("gpu-ssh").get_status().tunnel
     assert res.ok, res.failed
     assert sorted(res.frames) == list(range(1, 31))
     for frame, files in res.frames.items():
@@ -193,8 +193,8 @@ def test_a_taken_local_port_picks_another_and_says_so(sshd, state, emulator_thre
         port = tunnel.ensure()
         try:
             assert port != taken
-            message = (f"server 'gpu-ssh': ssh.local_port: port {taken} on 127.0.0.1 is taken by another program: "
-                       f"the tunnel uses port {port} instead")
+            message = (f"server 'gpu-ssh': ssh.local_port: port {taken} on 127.0.0.1 is taken (by another program, "
+                       f"or by connections of the dead tunnel still closing): the tunnel uses port {port} instead")
             assert message in caplog.text
             status = tunnel.status()
             assert status.note == f"local port {taken} was taken: using {port} (ssh.local_port)"

@@ -33,9 +33,9 @@ def test_the_panel_shows_the_tunnel_and_its_state(qtbot, sshd, state, emulator):
         return f"via {words}" in item.text() and item.toolTip().startswith(words)
     try:
         qtbot.waitUntil(lambda: shows(f"ssh {sshd.user}@127.0.0.1:{sshd.port} -> 127.0.0.1:"), timeout=30000)
-        qtbot.waitUntil(lambda: (panel.refresh(), " up (pid " in panel.table.item(0, column).toolTip())[1],
+        qtbot.waitUntil(lambda: (panel.refresh(), " up (pid " in panel.table.item(0, column).toolTip()
+                                 and panel.table.item(0, COLUMNS.index("State")).text() == "online")[1],
                         timeout=30000)
-        assert panel.table.item(0, COLUMNS.index("State")).text() == "online"
     finally:
         panel.close()
         for thread in panel.threads:
