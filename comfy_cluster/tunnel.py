@@ -128,11 +128,6 @@ class TunnelStatus:
             text += f": {self.error}"
         return text
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
-
 
 # --- processes -----------------------------------------------------------------------------
 
