@@ -393,3 +393,22 @@ def test_while_the_tunnel_cannot_be_remade_frames_go_elsewhere_then_it_comes_bac
             assert _record(state).pid != first.pid
     finally:
         own.stop()
+
+
+def test_a_tunnel_outlives_a_crashed_creator_and_is_adopted(sshd, state, emulator_thread_factory):
+    emu = emulator_thread_factory(name="behind-ssh")
+    cfg = _tunnelled("gpu-ssh", emu, sshd)
+    child = _child(cfg)
+    try:
+        made = json.loads(child.stdout.readline())
+        child.send_signal(signal.SIGKILL)    # no release, no atexit: a Nuke that crashed
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+    record = _record(state)
+    assert record.pid == made["pid"] and runs_our_ssh(record), "ssh runs in its own session: it survives"
+    mine = Tunnel.for_server(cfg)
+    assert mine.ensure() == made["port"] and mine.status().pid == made["pid"]
+    assert len(_record(state).users) == 1, "the dead creator is pruned from the users"
+    mine.release()
+    assert not runs_our_ssh(record), "the last live user stops it"
