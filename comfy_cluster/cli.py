@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
+from .cli_tunnel import register as _register_tunnel
 from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs, capped
 from .frames import FrameSpec
 from .jobs import BatchEvent
@@ -120,7 +121,8 @@ def status_table(snapshot: dict[str, Any]) -> str:
             gpu, vram = "-", "-"
         rows.append([s["name"], s["state"], f"{s['queue_running']}/{s['queue_pending']}", gpu, vram,
                      s.get("comfyui_version") or "-", f"{s['in_flight']}/{s['max_queue']}",
-                     _fmt_seconds(s.get("seconds_per_job")), s.get("address", ""),
+                     _fmt_seconds(s.get("seconds_per_job")),
+                     s.get("address", "") + (f" via {s['tunnel']}" if s.get("tunnel") else ""),
                      "" if ready else _detail(s.get("last_error"))])
     if snapshot.get("runpod"):
         rp = snapshot["runpod"]
@@ -163,14 +165,14 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    from .comfy_api import ComfyClient
+    from .tunnel import open_client
 
     cfg = _cluster_config(args)
     match = [s for s in cfg.servers if s.name == args.server]
     if not match:
         raise UsageError(f"no server {args.server!r}; configured: {', '.join(s.name for s in cfg.servers)}")
     server = match[0]
-    with ComfyClient.from_config(server, os.environ) as client:
+    with open_client(server, os.environ) as client:
         stats = client.get_system_stats()
         queue = client.get_queue()
         nodes = client.node_classes()
@@ -597,7 +599,7 @@ def _register_runpod(sub: argparse._SubParsersAction) -> None:
 
 #: One function per command group; each adds its subcommands. Add a group here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _register_status, _register_work, _register_config, _register_runpod, _register_emulators,
+    _register_status, _register_work, _register_config, _register_runpod, _register_emulators, _register_tunnel,
 ]
 
 

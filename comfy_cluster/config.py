@@ -49,6 +49,7 @@ from pydantic import (
 
 from .errors import ConfigError, capped
 from .paths import is_absolute
+from .tunnel_config import SSHConfig
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class ServerConfig(BaseModel):
     transfer: Literal["upload", "shared"] = "upload"
     max_queue: StrictInt = 2
     path_map: list[PathMapping] = Field(default_factory=list)
+    ssh: Optional[SSHConfig] = None       # reached through an SSH tunnel (tunnel_config.py)
 
     @field_validator("name")
     @classmethod

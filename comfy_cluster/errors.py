@@ -169,6 +169,17 @@ class MissingInputs(TransferError, ValueError):
         self.problems = list(problems)
 
 
+class TunnelError(ServerUnavailable):
+    """An SSH tunnel to a server could not be opened or died. ``field`` names the ``ssh`` setting to fix.
+
+    The server is unreachable, not the work wrong: safe to resubmit elsewhere.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, server: str | None = None) -> None:
+        super().__init__(message, server=server)
+        self.field = field
+
+
 class BudgetExceeded(ServerUnavailable):
     """The next RunPod job would pass the daily budget. Nothing was sent: the work runs locally or waits."""
 
@@ -189,6 +200,7 @@ __all__ = [
     "ServerTimeout",
     "ServerUnavailable",
     "TransferError",
+    "TunnelError",
     "WorkflowError",
     "WorkflowRejected",
     "capped",

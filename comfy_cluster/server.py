@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 from urllib3 import exceptions as u3
 
@@ -42,8 +43,10 @@ from .errors import (
     ProtocolError,
     ServerTimeout,
     ServerUnavailable,
+    TunnelError,
 )
 from . import transfer
+from .tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ class ServerStatus:
     last_error: str | None = None
     jobs_done: int = 0
     jobs_failed: int = 0
+    tunnel: str | None = None      # the SSH tunnel's one-line status, for tunnelled servers
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -171,12 +175,18 @@ class ComfyUIServer:
         lock: threading.RLock | None = None,
         listener: ChangeListener | None = None,
         request_probe: Callable[[ComfyUIServer], None] | None = None,
+        tunnel: Tunnel | None = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
-        self.client = client if client is not None else ComfyClient.from_config(config, environ)
+        #: The SSH tunnel the clients talk through (``config.ssh``); opened on the first probe.
+        self.tunnel = tunnel if tunnel is not None or config.ssh is None else Tunnel.for_server(
+            config, environ=environ, max_backoff=max_backoff)
+        wire = config if self.tunnel is None else self.tunnel.client_config(config)
+        self._environ, self._probe_timeouts, self._own_clients = environ, probe_timeouts, client is None
+        self.client = client if client is not None else ComfyClient.from_config(wire, environ)
         self._probe = probe_client if probe_client is not None else (
-            client if client is not None else ComfyClient.from_config(config, environ, timeouts=probe_timeouts))
+            client if client is not None else ComfyClient.from_config(wire, environ, timeouts=probe_timeouts))
         self._clock = clock
         self._wall_clock = wall_clock
         self.poll_interval = float(poll_interval)
@@ -281,6 +291,7 @@ class ComfyUIServer:
                 node_count=None if self.node_classes is None else len(self.node_classes),
                 last_status_check=self.last_status_check, last_error=self.last_error,
                 jobs_done=self.jobs_done, jobs_failed=self.jobs_failed,
+                tunnel=None if self.tunnel is None else self.tunnel.status().summary(),
             )
 
     def missing_classes(self, classes: Iterable[str]) -> frozenset[str]:
@@ -361,6 +372,8 @@ class ComfyUIServer:
         """Probe the server (``/queue``; ``/system_stats`` and ``/object_info`` when due) and update the cache."""
         with self._probe_lock:
             started = self._clock()
+            if self.tunnel is not None and not self._tunnel_up(started):
+                return self.get_status()
             with self._lock:
                 need_classes = self._classes_stale or self.node_classes is None
                 need_stats = (need_classes or self._state not in _READY or self._stats_at is None
@@ -370,7 +383,8 @@ class ComfyUIServer:
                 stats = self._probe.get_system_stats() if need_stats else None
                 classes = self._probe.node_classes() if need_classes else None
             except ServerUnavailable as err:
-                if _answered(err):
+                if _answered(err) or (self.tunnel is not None and self.tunnel.was_up and _refused(err)):
+                    # A refused local port is the tunnel's ssh dying: the next probe re-makes it.
                     self._apply(ServerState.BOOTING, started, error=err)
                 else:
                     self._probe_failed(started, err)
@@ -379,6 +393,37 @@ class ComfyUIServer:
         if self.request_probe is not None and self.state in _READY:
             self._start_tracker()   # the status socket: monitored servers only (its drop asks for a probe)
         return self.get_status()
+
+    def _tunnel_up(self, started: float) -> bool:
+        """Open or re-make the tunnel: while a tunnel that was up is re-made, the server is ``booting``."""
+        tunnel = self.tunnel
+        assert tunnel is not None
+        try:
+            port = tunnel.ensure(on_down=lambda why: self._apply(ServerState.BOOTING, started, error=why))
+        except TunnelError as err:
+            if tunnel.was_up:
+                self._apply(ServerState.BOOTING, started, error=err)
+            else:
+                self._probe_failed(started, err)
+            return False
+        if self._own_clients and port != urlsplit(self.client.base_url).port:
+            self._rewire()
+        return True
+
+    def _rewire(self) -> None:
+        """The tunnel moved to another local port: new clients and a new websocket for it."""
+        assert self.tunnel is not None
+        wire = self.tunnel.client_config(self.config)
+        old = (self.client, self._probe)
+        self.client = ComfyClient.from_config(wire, self._environ)
+        self._probe = ComfyClient.from_config(wire, self._environ, timeouts=self._probe_timeouts)
+        with self._tracker_lock:
+            tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.stop()
+        for client in old:
+            client.close()
+        log.info("server %r: now talking through %s", self.name, self.client.base_url)
 
     def _read_queue(self) -> QueueState | None:
         """``/queue``, or None when it answered something unreadable (alive, load unknown)."""
@@ -510,6 +555,8 @@ class ComfyUIServer:
         self.client.close()
         if self._probe is not self.client:
             self._probe.close()
+        if self.tunnel is not None:
+            self.tunnel.release()
 
     # -- running a prompt --------------------------------------------------------------
 

@@ -153,7 +153,9 @@ class StatusPanel(QtWidgets.QWidget):
         if stale:   # a server that does not answer has no current GPU or VRAM: blank, the last values in the tip
             gpu = vram = "-"
         spj = "-" if status.seconds_per_job is None else f"{status.seconds_per_job:.1f}"
-        texts = (state, status.name, status.address, f"{status.queue_running}/{status.queue_pending}", gpu, vram,
+        tunnel = status.tunnel   # a server behind SSH: its tunnel, the full text in the tooltip
+        address = status.address if not tunnel else f"{status.address} via {_short(tunnel)}"
+        texts = (state, status.name, address, f"{status.queue_running}/{status.queue_pending}", gpu, vram,
                  f"{status.in_flight}/{status.max_queue}", spj, str(status.priority))
         for column, text in enumerate(texts):
             item = self.table.item(row, column)
@@ -167,6 +169,8 @@ class StatusPanel(QtWidgets.QWidget):
                 item.setBackground(QtGui.QColor(STATE_COLOURS.get(state, "#7f7f7f")))
                 item.setForeground(QtGui.QColor("white"))
                 item.setToolTip(status.last_error or "")
+            if column == 2:
+                item.setToolTip(tunnel or "")
         switch = self._switches[status.name]
         if status.name not in self._busy:
             switch.blockSignals(True)
@@ -275,6 +279,10 @@ def _gpu_name(device: str) -> str:
     name = device.split(" : ")[0].strip()
     first, _, rest = name.partition(" ")
     return rest.strip() if ":" in first and rest.strip() else name
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _dash(value: Any) -> str:
