@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
+from .cli_pods import pods_status, register as register_pods
 from .errors import BindingError, ComfyClusterError, ConfigError
 from .jobs import BatchEvent
 
@@ -133,7 +134,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 if args.watch and out.isatty():
                     out.write("\x1b[H\x1b[2J")
-                out.write(status_table(snap) + "\n")
+                out.write(status_table(snap) + "\n" + pods_status(pool))
                 if args.watch:
                     out.write(f"\n{time.strftime('%H:%M:%S')}  every {pool.poll_interval:g} s, Ctrl-C to stop\n")
             out.flush()
@@ -528,7 +529,7 @@ def _register_runpod(sub: argparse._SubParsersAction) -> None:
 
 #: One function per command group; each adds its subcommands. Add a group here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _register_status, _register_work, _register_config, _register_runpod, _register_emulators,
+    _register_status, _register_work, _register_config, _register_runpod, _register_emulators, register_pods,
 ]
 
 

@@ -104,7 +104,10 @@ class PodRegistry:
             after = _dump(state)
             if json.dumps(after, sort_keys=True) != before:
                 text = json.dumps(after, indent=1, sort_keys=True) + "\n"
-                atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+                def fill(tmp: Path) -> None:
+                    tmp.write_text(text, encoding="utf-8")
+                atomic_write(self.path, fill)
 
     def _read(self) -> _State:
         try:
@@ -226,7 +229,7 @@ def reap(client: PodsClient, registry: PodRegistry, *, ledger: CostLedger | None
     records = {r.name: r for r in registry.records()}
     orphaned = registry.orphans(policy.owner_timeout_s)
     results: list[ReapResult] = []
-    live = client.list()
+    live = client.list_pods()
     seen = set()
     for pod in live:
         record = records.get(pod.name)

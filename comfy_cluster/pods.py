@@ -77,8 +77,8 @@ class PodInfo:
 
     @classmethod
     def from_v2(cls, data: Mapping[str, Any]) -> PodInfo:
-        gpu = data.get("gpu") if isinstance(data.get("gpu"), dict) else {}
-        runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else None
+        gpu: dict[str, Any] = data["gpu"] if isinstance(data.get("gpu"), dict) else {}
+        runtime: dict[str, Any] | None = data["runtime"] if isinstance(data.get("runtime"), dict) else None
         uptime = runtime.get("uptime") if runtime else None
         return cls(id=str(data["id"]), name=str(data.get("name", "")), status=str(data.get("status", "")),
                    gpu_type=str(gpu.get("id", "")), gpu_count=int(gpu.get("count", 1) or 1),
@@ -229,7 +229,7 @@ class PodsClient:
         log.info("RunPod pods: creating %s (%s x%d, %s)", name, gpu_type, policy.gpu_count, policy.cloud)
         return PodInfo.from_v2(json_of(self._call("POST", "/pods", body, gpu_type=gpu_type), "RunPod pods: create"))
 
-    def list(self) -> list[PodInfo]:
+    def list_pods(self) -> list[PodInfo]:
         data = json_of(self._call("GET", "/pods"), "RunPod pods: list")
         return [PodInfo.from_v2(p) for p in (data.get("pods") or []) if isinstance(p, dict)]
 
@@ -271,7 +271,7 @@ class PodsClient:
         for t in types:
             if not isinstance(t, dict):
                 continue
-            lowest = t.get("lowestPrice") if isinstance(t.get("lowestPrice"), dict) else {}
+            lowest: dict[str, Any] = t["lowestPrice"] if isinstance(t.get("lowestPrice"), dict) else {}
             out.append(GpuTypeInfo(id=str(t.get("id")), display_name=str(t.get("displayName", "")),
                                    memory_gb=t.get("memoryInGb"), secure_price=_float(t.get("securePrice")),
                                    community_price=_float(t.get("communityPrice")), stock=lowest.get("stockStatus")))

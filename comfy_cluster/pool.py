@@ -219,6 +219,7 @@ class ComfyUIServerPool:
         self._servers: dict[str, ComfyUIServer] = {}
         self._rr = 0
         self._runpod_leases = 0
+        self.autoscaler: Any = None   # the pod tier (comfy_cluster.autoscale), when configured
         self._events = _EventDispatcher()
         # monitor
         self._due: list[tuple[float, int, str]] = []
@@ -241,7 +242,17 @@ class ComfyUIServerPool:
             from .runpod import RunPodEndpoint  # the RunPod tier is optional: only built when configured
 
             kw["runpod"] = RunPodEndpoint(cfg.runpod, environ=kw.get("environ", os.environ))
-        return cls(cfg.servers, **kw)
+        pool = cls(cfg.servers, **kw)
+        if cfg.pods is not None and cfg.pods.enabled:
+            from .autoscale import Autoscaler  # the pod tier is optional: only built when configured
+
+            pool.autoscaler = Autoscaler(pool, cfg.pods, environ=kw.get("environ", os.environ))
+        return pool
+
+    def watch_batch(self, batch: Any) -> None:
+        """Tell the pod autoscaler (if any) about a batch whose queued frames it should plan for."""
+        if self.autoscaler is not None:
+            self.autoscaler.watch(batch)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **kw: Any) -> ComfyUIServerPool:
@@ -576,6 +587,8 @@ class ComfyUIServerPool:
             self._monitor.start()
         if self.runpod is not None:
             self.runpod.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start()
         return self
 
     def stop(self) -> None:
@@ -591,6 +604,8 @@ class ComfyUIServerPool:
             executor.shutdown(wait=True)
         if self.runpod is not None:
             self.runpod.stop()
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
         self._events.stop()
 
     def close(self) -> None:

@@ -143,6 +143,8 @@ class PodsEmulator:
         self.pods: dict[str, Pod] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.terminated: list[Pod] = []
+        self.created: list[Pod] = []
+        self.peak = 0                              # most pods alive at once
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -377,6 +379,8 @@ class PodsEmulator:
                   ports=ports, env=env, volume=volume, created=time.time())
         pod.phase_at = pod.created
         self.pods[pod.id] = pod
+        self.created.append(pod)
+        self.peak = max(self.peak, len(self.pods))
         return pod
 
     def _action(self, pod: Pod, action: str) -> tuple[int, str] | None:
@@ -443,7 +447,7 @@ class PodsEmulator:
         if not isinstance(body, dict):
             return _problem(422, "Unprocessable Entity", "Request validation failed.", ["$: must be an object"])
         errors = [f"$.{k}: unevaluated property" for k in body if k not in V2_CREATE_KEYS]
-        gpu = body.get("gpu")
+        gpu: Any = body.get("gpu")
         if not isinstance(body.get("name"), str) or not body["name"]:
             errors.append("$.name: required")
         if not isinstance(body.get("image"), str) and "templateId" not in body:
@@ -452,7 +456,7 @@ class PodsEmulator:
             errors.append("$.gpu: required {id, count>=1}")
         if body.get("cloud", "SECURE") not in ("SECURE", "COMMUNITY"):
             errors.append("$.cloud: value must be one of 'SECURE', 'COMMUNITY'")
-        network = (body.get("mounts") or {}).get("network") or []
+        network: list[dict[str, Any]] = (body.get("mounts") or {}).get("network") or []
         if len(network) > 1:
             errors.append("$.mounts.network: at most 1 entry")
         if errors:
@@ -639,7 +643,7 @@ class PodsEmulator:
     async def _proxy_ws(self, request: web.Request, target: str) -> web.StreamResponse:
         assert self._http is not None
         try:
-            upstream = await self._http.ws_connect(target, timeout=10)
+            upstream = await self._http.ws_connect(target)
         except (OSError, asyncio.TimeoutError):
             return web.Response(status=502, text="502 Bad Gateway", content_type="text/html")
         client = web.WebSocketResponse()
