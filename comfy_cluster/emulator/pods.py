@@ -36,7 +36,6 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 
 from .process import EmulatorThread
-from .runpod import _selection
 
 log = logging.getLogger(__name__)
 
@@ -577,7 +576,7 @@ class PodsEmulator:
         pod = self.pods.get(str(given.get("podId", "")))
         if op == "pod":
             return None if pod is None else self._gql_pod(pod)
-        if op == "podTerminate" and _selection(query, "podTerminate") is not None:
+        if op == "podTerminate" and re.search(r"podTerminate\s*(\([^)]*\))?\s*\{", query):
             return "Field \"podTerminate\" must not have a selection since type \"Void\" has no subfields."
         if pod is None:
             return "pod not found"
