@@ -80,6 +80,8 @@ class ManagedPod:
     state: str = "booting"  # booting, serving, draining
     last_busy: float = 0.0
     started_at: float | None = None
+    adopted: bool = False   # taken over from a client that is gone (or spawned by ``pods spawn``)
+    used: bool = False      # rendered a frame of ours
 
     def cost(self, now: float) -> float:
         start = self.started_at or self.created
@@ -127,15 +129,23 @@ class Autoscaler:
         return self
 
     def stop(self, *, terminate: bool = True) -> None:
-        """End the thread; with ``terminate`` (the default) every pod we run is terminated."""
+        """End the thread; with ``terminate`` (the default) every pod we run is terminated.
+
+        An adopted pod this client never used is handed back instead (its record loses its
+        owner): a short-lived ``comfy-cluster status`` must not end a pod spawned for the
+        next render; ``pods reap`` or the next client still ends it.
+        """
         self._stop.set()
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=60)
         if terminate:
-            for name in list(self._pods):
-                self._terminate(name, "the client is closing")
+            for pod in self.pods():
+                if pod.adopted and not pod.used:
+                    self._release(pod)
+                else:
+                    self._terminate(pod.name, "the client is closing")
         self.registry.retire_owner(self.owner)
 
     def watch(self, batch: Any) -> None:
@@ -230,6 +240,7 @@ class Autoscaler:
             return
         if server.in_flight > 0 or server.queue_running + server.queue_pending > 0:
             pod.last_busy = now
+        pod.used = pod.used or server.in_flight > 0 or server.jobs_done > 0
         if pod.state == "booting":
             if server.state in _READY:
                 pod.state, pod.last_busy = "serving", now
@@ -341,6 +352,14 @@ class Autoscaler:
         if self.pool.get_server_by_name(pod.name) is not None:
             self.pool.disable(pod.name)
 
+    def _release(self, pod: ManagedPod) -> None:
+        with self._lock:
+            self._pods.pop(pod.name, None)
+        if self.pool.get_server_by_name(pod.name) is not None:
+            self.pool.remove_server(pod.name)
+        self.registry.adopt(pod.name, f"released-by-{self.owner}")
+        log.info("RunPod pods: handed back %s (%s), unused here", pod.name, pod.pod_id)
+
     def terminate(self, name: str) -> bool:
         """Terminate one of our pods now (its running frames go elsewhere)."""
         return self._terminate(name, "asked to")
@@ -394,7 +413,7 @@ class Autoscaler:
             self.registry.adopt(info.name, self.owner, info)
             log.warning("RunPod pods: adopted %s (%s): its client is gone; it is drained after %g s idle",
                         info.name, info.id, self.policy.idle_s)
-            self._join(info.name, info, record.batch if record else "")
+            self._join(info.name, info, record.batch if record else "").adopted = True
 
 
 __all__ = ["Autoscaler", "ManagedPod", "pods_break_even"]

@@ -177,3 +177,32 @@ def test_a_pod_dying_mid_batch_loses_no_frame(pods_emu, emulator_thread_factory,
     assert any(result.retries.values()), "the frame running on the dead pod was retried elsewhere"
     assert first.id not in {p.id for p in pods_emu.billing()}
     assert not pods_emu.billing()
+
+
+def test_a_short_burst_rents_no_pod_when_it_would_boot_after_the_queue_drains(
+        pods_emu, emulator_thread_factory, tmp_path):
+    local = emulator_thread_factory(name="slow-local", seconds_per_job=0.3)
+    pool = make_pool(local.port, policy_for(pods_emu, boot_estimate_s=60.0), tmp_path / "state")
+    try:
+        result = run.animation_submit(WORKFLOW, pool=pool, frames="1-12",
+                                      output=str(tmp_path / "o" / "f.####.png")).result(timeout=60)
+    finally:
+        pool.close()
+    assert result.ok and result.by_server == {"local": 12} and pods_emu.created == []
+
+
+def test_serverless_cheaper_than_a_pod_takes_the_overflow_and_no_pod_is_rented(
+        pods_emu, emulator_thread_factory, tmp_path):
+    local = emulator_thread_factory(name="slow-local", seconds_per_job=0.3)
+    with RunPodEmulator(api_key=KEY, workers=2) as serverless:
+        # $0.0001/s = $0.36/h of rendering, cheaper than the cheapest pod ($0.69/h)
+        runpod = RunPodConfig(endpoint_id=serverless.endpoint_id, base_url=serverless.base_url, overflow_after_s=0.5,
+                              max_concurrent=2, price_per_second=0.0001, status_poll_min=0.05, status_poll_max=0.2)
+        pool = make_pool(local.port, policy_for(pods_emu), tmp_path / "state", runpod=runpod)
+        try:
+            result = run.animation_submit(WORKFLOW, pool=pool, frames="1-30",
+                                          output=str(tmp_path / "o" / "f.####.png")).result(timeout=120)
+        finally:
+            pool.close()
+    assert result.ok and len(result.frames) == 30
+    assert result.by_server.get("runpod", 0) > 0 and pods_emu.created == []

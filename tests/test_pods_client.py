@@ -229,3 +229,21 @@ def test_cli_spawn_and_terminate(emu, tmp_path, monkeypatch):
     assert row["gpu"] == GPU_B and row["cost_per_hr"] == 0.27 and "uptime_s" in row and "cost" in row
     assert cli.main(["--servers", str(path), "pods", "terminate", pod.id], out=out) == 0
     assert not emu.pods
+
+
+def test_status_shows_pod_rows_and_leaves_a_spawned_pod_for_the_next_render(emu, tmp_path, monkeypatch,
+                                                                             emulator_thread_factory):
+    local = emulator_thread_factory(name="local")
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"servers": [{"name": "local", "ip": "127.0.0.1", "port": local.port}],
+                                "pods": policy_for(emu, idle_s=60.0).model_dump(mode="json")}))
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(tmp_path / "state"))
+    assert cli.main(["--servers", str(path), "pods", "spawn"], out=io.StringIO()) == 0
+    pod = next(iter(emu.pods.values()))
+    wait_until(lambda: emu.pods[pod.id].comfy is not None, 10, "the pod up")
+    out = io.StringIO()
+    assert cli.main(["--servers", str(path), "status"], out=out) == 0
+    row = next(line for line in out.getvalue().splitlines() if line.startswith(pod.name))
+    assert pod.id in row and GPU_A in row and "$0.69/h" in row and "RUNNING" in row
+    assert pod.id in emu.pods                    # a status call does not end a pod it never used
