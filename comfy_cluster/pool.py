@@ -72,6 +72,7 @@ class PoolSnapshot:
     poll_interval: float
     client_id: str
     runpod: dict[str, Any] | None = None
+    pods: tuple[dict[str, Any], ...] = ()   # the autoscaler's pod rows: GPU, $/h, uptime, cost so far
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,13 +81,14 @@ class PoolSnapshot:
             "poll_interval": self.poll_interval,
             "client_id": self.client_id,
             "runpod": self.runpod,
+            "pods": list(self.pods),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PoolSnapshot:
         return cls(servers=tuple(ServerStatus.from_dict(s) for s in data["servers"]),
                    strategy=Strategy(data["strategy"]), poll_interval=float(data["poll_interval"]),
-                   client_id=data["client_id"], runpod=data.get("runpod"))
+                   client_id=data["client_id"], runpod=data.get("runpod"), pods=tuple(data.get("pods") or ()))
 
 
 class Lease:
@@ -671,8 +673,9 @@ class ComfyUIServerPool:
         with self._lock:
             statuses = tuple(s.get_status() for s in self._servers.values())
         runpod = self.runpod.get_status().to_dict() if self.runpod is not None else None
+        pods = tuple(self.autoscaler.rows()) if self.autoscaler is not None else ()
         return PoolSnapshot(servers=statuses, strategy=self.strategy, poll_interval=self.poll_interval,
-                            client_id=self.client_id, runpod=runpod)
+                            client_id=self.client_id, runpod=runpod, pods=pods)
 
     def __repr__(self) -> str:
         return f"ComfyUIServerPool({len(self._servers)} servers, strategy={self.strategy.value!r})"

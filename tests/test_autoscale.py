@@ -80,6 +80,10 @@ def test_long_batch_spawns_pods_up_to_the_cap_they_join_and_terminate_when_idle(
         states = record_pod_states(pool)
         batch = run.animation_submit(WORKFLOW, pool=pool, frames="1-60", output=str(tmp_path / "out" / "f.####.png"))
         wait_until(lambda: len(pods_emu.created) == 2, 30, "two pods created")
+        rows = wait_until(lambda: len(pool.snapshot().to_dict()["pods"]) == 2 and pool.snapshot().to_dict()["pods"],
+                          10, "two pod rows in the snapshot")
+        assert {r["gpu"] for r in rows} == {GPU_A} and all(r["cost_per_hr"] == 0.69 for r in rows)
+        assert {"uptime_s", "cost", "state", "pod_id"} <= set(rows[0])
         result = batch.result(timeout=180)
         assert result.ok and len(result.frames) == 60
         assert pod_frames(result) > 0, result.by_server

@@ -494,4 +494,4 @@ def test_an_odd_unknown_key_stays_on_one_line() -> None:
         parse_servers(json.dumps(with_server(0, **{"evil\nkey": 1})))
     assert error_lines(excinfo) == ['NUKE_COMFYUI_SERVERS[0] ("server1"): "evil\\nkey": unknown field '
                                     '(known fields: name, ip, port, dir_local, dir_remote, priority, enabled, '
-                                    'scheme, headers, auth_token_env, transfer, max_queue, path_map)']
+                                    'scheme, headers, auth_token_env, transfer, max_queue, path_map, base_path)']
