@@ -21,6 +21,12 @@ def _uptime(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{s:02d}s"
 
 
+def _bound(call: Callable[[str], Any], name: str) -> Callable[[], None]:
+    def run() -> None:
+        call(name)
+    return run
+
+
 class PodsBox(QtWidgets.QGroupBox):
     """Shown only when the pool has a pod autoscaler."""
 
@@ -72,10 +78,10 @@ class PodsBox(QtWidgets.QGroupBox):
     def terminate_selected(self) -> None:
         scaler = self._scaler()
         rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        if scaler is None:
+            return
         for name in [self.names[r] for r in rows if r < len(self.names)]:
-            if scaler is not None:
-                self._background(f"pods_terminate_{name}", f"terminate {name}",
-                                 lambda name=name: scaler.terminate(name))
+            self._background(f"pods_terminate_{name}", f"terminate {name}", _bound(scaler.terminate, name))
 
     def shutdown_all(self) -> None:
         scaler = self._scaler()
