@@ -248,6 +248,7 @@ class Autoscaler:
                 log.info("RunPod pods: %s joined the pool after %.0f s", pod.name, self._boot_measured)
             elif now - pod.spawned > self.policy.boot_timeout_s:
                 self._terminate(pod.name, f"its ComfyUI did not answer within {self.policy.boot_timeout_s:g} s")
+                self._no_capacity_until = now + 6 * self.policy.tick_s   # no rent-fail-rent loop
 
     def _scale_up(self, now: float) -> None:
         remaining, batch_id = self._remaining()

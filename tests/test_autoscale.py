@@ -99,6 +99,8 @@ def test_long_batch_spawns_pods_up_to_the_cap_they_join_and_terminate_when_idle(
                              and [e for e in ledger.entries() if e.endpoint.startswith(POD_LEDGER_PREFIX)], 10,
                              "both pods' cost in the ledger")
         assert len(entries) == 2 and all(e.cost > 0 for e in entries)
+        assert {e.batch for e in entries} == {batch.batch_id}
+        assert sum(e.cost for e in entries) == pytest.approx(pods_emu.spend(), rel=0.25)   # what RunPod billed
         assert not [s for s in pool.servers if s.name.startswith("comfy-cluster-")]
         assert {e.job_id for e in entries} == {p.id for p in pods_emu.created}
         assert PodRegistry(tmp_path / "state").records() == []
@@ -210,3 +212,20 @@ def test_serverless_cheaper_than_a_pod_takes_the_overflow_and_no_pod_is_rented(
             pool.close()
     assert result.ok and len(result.frames) == 30
     assert result.by_server.get("runpod", 0) > 0 and pods_emu.created == []
+
+
+def test_a_pod_whose_comfyui_never_answers_is_terminated_after_the_boot_timeout(
+        pods_emu, emulator_thread_factory, tmp_path):
+    pods_emu.set(comfy_boot_s=3600.0)
+    local = emulator_thread_factory(name="slow-local", seconds_per_job=0.3)
+    pool = make_pool(local.port, policy_for(pods_emu, max_pods=1, boot_timeout_s=1.0, tick_s=0.3),
+                     tmp_path / "state")
+    try:
+        batch = run.animation_submit(WORKFLOW, pool=pool, frames="1-30", output=str(tmp_path / "o" / "f.####.png"))
+        wait_until(lambda: pods_emu.terminated, 30, "the pod that never booted terminated")
+        result = batch.result(timeout=120)
+    finally:
+        pool.close()
+    assert result.ok and result.by_server == {"local": 30}
+    assert not pods_emu.billing()
+    assert len(pods_emu.created) <= 3     # backs off after a failed boot instead of renting in a loop

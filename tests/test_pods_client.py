@@ -247,3 +247,27 @@ def test_status_shows_pod_rows_and_leaves_a_spawned_pod_for_the_next_render(emu,
     row = next(line for line in out.getvalue().splitlines() if line.startswith(pod.name))
     assert pod.id in row and GPU_A in row and "$0.69/h" in row and "RUNNING" in row
     assert pod.id in emu.pods                    # a status call does not end a pod it never used
+
+
+def test_early_running_is_not_ready_until_ports_are_mapped(emu, client):
+    emu.set(early_running=True, start_s=0.5)
+    pod = client.create("comfy-cluster-t6", GPU_A)
+    assert pod.status == "RUNNING" and not pod.ready        # the measured v2 quirk: wait for a port
+    wait_until(lambda: client.get(pod.id).ready, 10, "ports mapped")
+
+
+def test_network_volume_crud_and_bounds(emu, client):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    url = f"{emu.rest_url}/network-volumes"
+    assert requests.post(url, json={"name": "m", "size": 5, "dataCenter": "EU-RO-1"}, headers=auth,
+                         timeout=5).status_code == 400
+    assert requests.post(url, json={"name": "m", "size": 20, "dataCenter": "XX-1"}, headers=auth,
+                         timeout=5).json()["detail"] == "Failed to find data center"
+    made = requests.post(url, json={"name": "m", "size": 20, "dataCenter": "EU-RO-1"}, headers=auth, timeout=5)
+    assert made.status_code == 201
+    vid = made.json()["id"]
+    assert [(v.id, v.data_center, v.size_gb) for v in client.network_volumes()] == [(vid, "EU-RO-1", 20)]
+    assert requests.patch(f"{url}/{vid}", json={"size": 10}, headers=auth, timeout=5).status_code == 400
+    assert requests.patch(f"{url}/{vid}", json={"size": 40}, headers=auth, timeout=5).json()["size"] == 40
+    assert requests.delete(f"{url}/{vid}", headers=auth, timeout=5).status_code == 204
+    assert client.network_volumes() == []

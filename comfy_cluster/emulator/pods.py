@@ -13,7 +13,7 @@ centre, cloud); running out answers the exact no-capacity text. Cost accrues per
 while RUNNING (compute at ``costPerHr`` = per-GPU price x count, plus disk and network
 volume storage), the balance falls, a create under one hour of balance is a 402.
 
-The HTTP proxy listens on its own loopback port and routes ``/{podId}-{port}/...`` to the
+The HTTP proxy (``pods_proxy.py``) listens on its own loopback port and routes ``/{podId}-{port}/...`` to the
 pod's ComfyUI (HTTP and websocket): 502 until ComfyUI listens, 524 when one answer takes
 longer than ``proxy_timeout_s`` (100 s, as RunPod's Cloudflare proxy). ``proxy_url`` is the
 template for ``PodsPolicy.proxy_url``.
@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
+from aiohttp import web
 
+from .pods_proxy import PodProxy
 from .process import EmulatorThread
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class PodKnobs:
     comfy_boot_s: float = 0.3
     seconds_per_job: float = 0.0
     proxy_timeout_s: float = 100.0
+    early_running: bool = False     # v2 measured: RUNNING right after create, runtime still null
 
 
 def _iso(t: float | None) -> str | None:
@@ -149,7 +151,7 @@ class PodsEmulator:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._runners: list[web.AppRunner] = []
-        self._http: ClientSession | None = None
+        self._proxy = PodProxy(self._upstream, lambda: self.knobs.proxy_timeout_s)
         self._ticker: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle / control
@@ -242,32 +244,30 @@ class PodsEmulator:
         api.router.add_delete("/v2/pods/{id}", self._v2_delete)
         api.router.add_post("/v2/pods/{id}/action", self._v2_action)
         api.router.add_get("/v2/network-volumes", self._v2_volumes)
+        api.router.add_post("/v2/network-volumes", self._v2_volume_create)
+        api.router.add_get("/v2/network-volumes/{id}", self._v2_volume)
+        api.router.add_patch("/v2/network-volumes/{id}", self._v2_volume)
+        api.router.add_delete("/v2/network-volumes/{id}", self._v2_volume)
         api.router.add_get("/v2/catalog/gpus", self._v2_catalog)
         api.router.add_route("*", "/v1/{tail:.*}", self._v1_gone)
         api.router.add_post("/graphql", self._graphql)
-        proxy = web.Application(client_max_size=64 * 1024 * 1024)
-        proxy.router.add_route("*", "/{target}/{tail:.*}", self._proxy)
+        proxy = self._proxy.make_app()
         for app, attr in ((api, "port"), (proxy, "proxy_port")):
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.TCPSite(runner, self.host, getattr(self, attr)).start())
             setattr(self, attr, runner.addresses[0][1])
             self._runners.append(runner)
-        self._http = loop.run_until_complete(self._session())
+        loop.run_until_complete(self._proxy.open())
         self._ticker = loop.create_task(self._tick_forever())
         self._ready.set()
         loop.run_forever()
         loop.close()
 
-    @staticmethod
-    async def _session() -> ClientSession:
-        return ClientSession(auto_decompress=False)
-
     async def _shutdown(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        if self._http is not None:
-            await self._http.close()
+        await self._proxy.close()
         for runner in self._runners:
             await runner.cleanup()
 
@@ -351,6 +351,14 @@ class PodsEmulator:
         self.pods.pop(pod.id, None)
         self.terminated.append(pod)
 
+    def _upstream(self, pod_id: str, port: int) -> str | None:
+        """The loopback URL behind ``{pod_id}-{port}``: only an ``N/http`` port whose ComfyUI listens."""
+        with self._lock:
+            pod = self.pods.get(pod_id)
+            if pod is None or pod.comfy is None or f"{port}/http" not in pod.ports:
+                return None
+            return pod.comfy.url
+
     # ------------------------------------------------------------------ the store
     def _create(self, *, name: str, image: str, gpu_id: str, count: int, cloud: str, dcs: list[str], disk: int,
                 ports: list[str], env: dict[str, str], volume_id: str | None, mount: str) -> Pod | tuple[int, str]:
@@ -416,7 +424,8 @@ class PodsEmulator:
                 direct = {"host": "127.0.0.1", "port": pod.public_ports[22], "username": "root",
                           "command": f"ssh root@127.0.0.1 -p {pod.public_ports[22]}"}
         user = f"{pod.id}-{pod.host_id}"
-        return {"id": pod.id, "name": pod.name, "status": pod.status, "actions": list(ACTIONS[pod.status]),
+        status = "RUNNING" if self.knobs.early_running and pod.status in ("PROVISIONING", "STARTING") else pod.status
+        return {"id": pod.id, "name": pod.name, "status": status, "actions": list(ACTIONS[pod.status]),
                 "image": pod.image, "args": "", "disk": pod.disk, "ports": pod.ports,
                 "env": pod.env, "registry": None, "mounts": {"network": [pod.volume]} if pod.volume else {},
                 "gpu": {"id": pod.gpu.id, "count": pod.gpu_count}, "cloud": pod.cloud, "dataCenterId": pod.dc,
@@ -506,6 +515,36 @@ class PodsEmulator:
     async def _v2_volumes(self, request: web.Request) -> web.Response:
         with self._lock:
             return web.json_response({"networkVolumes": list(self.volumes.values())})
+
+    async def _v2_volume_create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        size, dc = body.get("size"), body.get("dataCenter")
+        if not isinstance(body.get("name"), str) or not isinstance(size, int) or not isinstance(dc, str):
+            return _problem(422, "Unprocessable Entity", "Request validation failed.",
+                            ["$: name, size and dataCenter are required"])
+        if not 10 <= size <= 4096:
+            return _problem(400, "Bad Request", "size must be between 10 and 4096 GB")
+        if dc not in DATA_CENTERS:
+            return _problem(400, "Bad Request", "Failed to find data center")
+        vid = self.add_volume(body["name"], size, dc)
+        return web.json_response(self.volumes[vid], status=201)
+
+    async def _v2_volume(self, request: web.Request) -> web.Response:
+        with self._lock:
+            volume = self.volumes.get(request.match_info["id"])
+            if volume is None:
+                return _problem(404, "Not Found", "network volume not found")
+            if request.method == "DELETE":
+                if any(p.volume and p.volume["volumeId"] == volume["id"] for p in self.pods.values()):
+                    return _problem(400, "Bad Request", "network volume is attached to a pod")
+                del self.volumes[volume["id"]]
+                return web.Response(status=204)
+            if request.method == "PATCH":
+                body = await request.json()
+                if "size" in body and (not isinstance(body["size"], int) or body["size"] < volume["size"]):
+                    return _problem(400, "Bad Request", "a network volume can only grow")
+                volume.update({k: body[k] for k in ("name", "size") if k in body})
+            return web.json_response(volume)
 
     async def _v2_catalog(self, request: web.Request) -> web.Response:
         with self._lock:
@@ -609,61 +648,6 @@ class PodsEmulator:
                 "gpuCount": pod.gpu_count, "containerDiskInGb": pod.disk, "machineId": pod.host_id,
                 "machine": {"podHostId": f"{pod.id}-{pod.host_id}", "gpuDisplayName": pod.gpu.display_name,
                             "location": pod.dc, "dataCenterId": pod.dc}, "runtime": runtime}
-
-    # ------------------------------------------------------------------ proxy
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        match = re.fullmatch(r"([a-z0-9]+)-(\d+)", request.match_info["target"])
-        with self._lock:
-            pod = self.pods.get(match.group(1)) if match else None
-            http_port = match is not None and f"{match.group(2)}/http" in (pod.ports if pod else [])
-            upstream = pod.comfy.url if pod is not None and pod.comfy is not None and http_port else None
-        if upstream is None:
-            return web.Response(status=502, text="502 Bad Gateway", content_type="text/html")
-        target = f"{upstream}/{request.match_info['tail']}"
-        if request.query_string:
-            target += "?" + request.query_string
-        assert self._http is not None
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._proxy_ws(request, target.replace("http://", "ws://", 1))
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")}
-        try:
-            async with self._http.request(request.method, target, headers=headers, data=await request.read(),
-                                          timeout=ClientTimeout(total=self.knobs.proxy_timeout_s)) as resp:
-                body = await resp.read()
-                out = {k: v for k, v in resp.headers.items()
-                       if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
-                return web.Response(status=resp.status, body=body, headers=out)
-        except asyncio.TimeoutError:
-            return web.Response(status=524, text="524: A timeout occurred", content_type="text/html")
-        except OSError:
-            return web.Response(status=502, text="502 Bad Gateway", content_type="text/html")
-
-    async def _proxy_ws(self, request: web.Request, target: str) -> web.StreamResponse:
-        assert self._http is not None
-        try:
-            upstream = await self._http.ws_connect(target)
-        except (OSError, asyncio.TimeoutError):
-            return web.Response(status=502, text="502 Bad Gateway", content_type="text/html")
-        client = web.WebSocketResponse()
-        await client.prepare(request)
-
-        async def pump(src: Any, dst: Any) -> None:
-            async for msg in src:
-                if msg.type == WSMsgType.TEXT:
-                    await dst.send_str(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    await dst.send_bytes(msg.data)
-                else:
-                    break
-
-        tasks = [asyncio.ensure_future(pump(upstream, client)), asyncio.ensure_future(pump(client, upstream))]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        await upstream.close()
-        await client.close()
-        return client
 
 
 def _stock_word(free: int) -> str:
