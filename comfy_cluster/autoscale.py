@@ -153,13 +153,15 @@ class Autoscaler:
         self._batches.add(batch)
 
     def _run(self) -> None:
-        first = True
-        while first or not self._stop.wait(self.policy.tick_s):
+        adopted = False
+        delay = 0.0
+        while not self._stop.wait(delay):
+            delay = self.policy.tick_s
             try:
-                if first:
+                if not adopted:
                     self.registry.heartbeat(self.owner)
                     self._adopt()
-                    first = False
+                    adopted = True
                 self.tick()
             except ComfyClusterError as err:   # RunPod unreachable for a moment: try again next tick
                 self.last_error = str(err)

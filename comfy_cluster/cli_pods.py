@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, TextIO
 
-from .errors import ConfigError
+from .errors import ComfyClusterError, ConfigError
 
 
 def _policy(args: argparse.Namespace) -> Any:
@@ -69,7 +69,10 @@ def pods_status(pool: Any) -> str:
     autoscaler = getattr(pool, "autoscaler", None)
     if autoscaler is None:
         return ""
-    rows = pod_rows(autoscaler.client)
+    try:
+        rows = pod_rows(autoscaler.client)
+    except ComfyClusterError as err:   # the servers table still stands without the pod rows
+        return f"\nRunPod pods: {err}\n"
     return "\n" + (pod_table(rows) if rows else "no RunPod pods of ours are running") + "\n"
 
 

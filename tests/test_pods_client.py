@@ -271,3 +271,25 @@ def test_network_volume_crud_and_bounds(emu, client):
     assert requests.patch(f"{url}/{vid}", json={"size": 40}, headers=auth, timeout=5).json()["size"] == 40
     assert requests.delete(f"{url}/{vid}", headers=auth, timeout=5).status_code == 204
     assert client.network_volumes() == []
+
+
+def test_resume_onto_a_full_host_is_refused_with_runpods_text(emu, client):
+    pod = client.create("comfy-cluster-t7", GPU_A)
+    client.stop(pod.id)
+    emu.set_stock(GPU_A, 0, dc=pod.data_center)
+    with pytest.raises(Exception, match="not enough free GPUs on the host machine"):
+        client.start(pod.id)
+
+
+def test_status_still_shows_the_servers_when_the_pods_api_refuses_the_key(emu, tmp_path, monkeypatch,
+                                                                          emulator_thread_factory):
+    local = emulator_thread_factory(name="local")
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"servers": [{"name": "local", "ip": "127.0.0.1", "port": local.port}],
+                                "pods": policy_for(emu).model_dump(mode="json")}))
+    monkeypatch.setenv("RUNPOD_API_KEY", "sk-not-the-key")
+    monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(tmp_path / "state"))
+    out = io.StringIO()
+    assert cli.main(["--servers", str(path), "status"], out=out) == 0
+    assert "local" in out.getvalue() and "RunPod pods:" in out.getvalue() and "RUNPOD_API_KEY" in out.getvalue()
+    assert "sk-not-the-key" not in out.getvalue()
