@@ -185,7 +185,7 @@ class PodRegistry:
 def _alive(owner: Owner | None, now: float, timeout: float) -> bool:
     if owner is None or now - owner.heartbeat > timeout:
         return False
-    if owner.host == socket.gethostname():
+    if owner.host == socket.gethostname() and os.name == "posix":   # signal 0 means CTRL_C on Windows
         try:
             os.kill(owner.pid, 0)
         except ProcessLookupError:
@@ -259,10 +259,11 @@ def reap(client: PodsClient, registry: PodRegistry, *, ledger: CostLedger | None
         log.warning("RunPod pods: terminated %s (%s): %s", pod.name, pod.id, reason)
         results.append(ReapResult(pod.name, pod.id, "terminated", reason, cost))
     for name, record in records.items():
-        if name not in seen and (name in orphaned or record.pod_id):
-            if record.pod_id or moment - record.created > policy.request_timeout_s * 2:
-                registry.forget(name)
-                results.append(ReapResult(name, record.pod_id, "forgotten", "no such pod on RunPod any more"))
+        gone = record.pod_id != ""                         # it was created, and RunPod no longer lists it
+        stale = name in orphaned and moment - record.created > policy.request_timeout_s * 2   # create never returned
+        if name not in seen and (gone or stale):
+            registry.forget(name)
+            results.append(ReapResult(name, record.pod_id, "forgotten", "no such pod on RunPod any more"))
     return results
 
 

@@ -36,14 +36,18 @@ BALANCE_QUERY = "query Myself { myself { clientBalance currentSpendPerHr } }"
 
 
 class PodsError(ServerUnavailable):
-    """A RunPod pods call failed (the base of the named failures below)."""
+    """A RunPod pods call failed (the base of the named failures below); ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, *, server: str | None = "pods", status: int | None = None) -> None:
+        super().__init__(message, server=server)
+        self.status = status
 
 
 class NoCapacity(PodsError):
     """No machine has this GPU type free right now (try the next type, or serverless)."""
 
     def __init__(self, message: str, *, gpu_type: str) -> None:
-        super().__init__(message, server="pods")
+        super().__init__(message, status=400)
         self.gpu_type = gpu_type
 
 
@@ -184,14 +188,14 @@ class PodsClient:
         detail = _detail(resp)
         if status in (401, 403):
             raise PodsAuthError(f"{what}: HTTP {status}, RunPod refused the API key; check "
-                                f"{self.policy.api_key_env}", server="pods")
+                                f"{self.policy.api_key_env}", status=status)
         if status == 402:
             raise InsufficientBalance(f"{what}: HTTP 402, the RunPod balance is too low (a pod needs at least "
-                                      f"one hour of credit): {detail}", server="pods")
+                                      f"one hour of credit): {detail}", status=status)
         if NO_CAPACITY_MARK in detail.lower():
             raise NoCapacity(f"{what}: no {gpu_type or 'GPU'} free on RunPod right now: {detail}",
                              gpu_type=gpu_type)
-        raise PodsError(f"{what}: HTTP {status}: {detail}", server="pods")
+        raise PodsError(f"{what}: HTTP {status}: {detail}", status=status)
 
     def _graphql(self, query: str) -> dict[str, Any]:
         what = "RunPod GraphQL"
@@ -238,7 +242,7 @@ class PodsClient:
         try:
             return PodInfo.from_v2(json_of(self._call("GET", f"/pods/{pod_id}"), "RunPod pods: get"))
         except PodsError as err:
-            if " HTTP 404" in str(err):
+            if err.status == 404:
                 return None
             raise
 
@@ -257,7 +261,7 @@ class PodsClient:
         try:
             self._call("DELETE", f"/pods/{pod_id}")
         except PodsError as err:
-            if " HTTP 404" in str(err):
+            if err.status == 404:
                 return False
             raise
         log.info("RunPod pods: terminated %s", pod_id)
