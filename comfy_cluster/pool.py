@@ -368,10 +368,11 @@ class ComfyUIServerPool:
         else:
             cfg = load_config(self._environ)
         wanted = {s.name: s for s in cfg.servers}
+        pods = {p.name for p in self.autoscaler.pods()} if self.autoscaler is not None else set()
         with self._lock:
             current = dict(self._servers)
         for name in current:
-            if name not in wanted:
+            if name not in wanted and name not in pods:   # rented pods are the autoscaler's, not the file's
                 self.remove_server(name)
         for name, new in wanted.items():
             old = current.get(name)

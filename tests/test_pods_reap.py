@@ -144,3 +144,17 @@ def test_shutdown_all_terminates_every_pod_with_our_prefix(pods_emu, tmp_path, m
     assert len(pods_emu.billing()) == 2 and out.getvalue().count("kept") == 1   # both owners are alive
     assert cli.main(["--servers", str(path), "pods", "shutdown-all"], out=out) == 0
     assert not pods_emu.billing()
+
+
+def test_reloading_the_configuration_keeps_the_rented_pods_in_the_pool(pods_emu, emulator, tmp_path):
+    path = servers_file(tmp_path, emulator.port, pods_emu)
+    env = {"RUNPOD_API_KEY": KEY, "COMFY_CLUSTER_STATE_DIR": str(tmp_path / "state")}
+    pool = ComfyUIServerPool.from_file(path, environ=env, poll_interval=0.2).start()
+    try:
+        pod = pool.autoscaler.spawn()
+        assert pod is not None and pool.get_server_by_name(pod.name) is not None
+        pool.load_configuration()
+        assert {s.name for s in pool.servers} == {"local", pod.name}
+    finally:
+        pool.close()
+    assert not pods_emu.billing()
