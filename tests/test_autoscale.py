@@ -115,7 +115,7 @@ def test_no_capacity_for_the_first_gpu_type_falls_to_the_next_then_to_serverless
     pods_emu.set_stock(GPU_B, 0)
     pods_emu.set_stock(GPU_B, 1, dc="EU-RO-1", cloud="SECURE")
     local = emulator_thread_factory(name="slow-local", seconds_per_job=0.4)
-    with RunPodEmulator(api_key=KEY, workers=2) as serverless:
+    with RunPodEmulator(api_key=KEY, workers=2, seconds_per_job=0.4) as serverless:   # as slow as a GPU
         runpod = RunPodConfig(endpoint_id=serverless.endpoint_id, base_url=serverless.base_url, overflow_after_s=0.5,
                               max_concurrent=2, status_poll_min=0.05, status_poll_max=0.2)
         pool = make_pool(local.port, policy_for(pods_emu, max_pods=3), tmp_path / "state", runpod=runpod)
