@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench import scenarios
+from bench import bench_pods, scenarios
 from bench.scenarios import Metric
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("throughput", "dispatch", "monitoring", "memory", "failover", "overflow")
+NAMES = ("throughput", "dispatch", "monitoring", "memory", "failover", "overflow", "pods")
 
 
 def _plan(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], list[Metric]]]:
@@ -33,6 +33,7 @@ def _plan(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], list[M
         "memory": lambda: scenarios.memory(base, frames=1000 if q else 10_000),
         "failover": lambda: scenarios.failover(base, args.runs, frames=40 if q else 120),
         "overflow": lambda: scenarios.overflow(base, args.runs, frames=24 if q else 60),
+        "pods": lambda: bench_pods.pods_vs_local_vs_serverless(base, args.runs, frames=60 if q else 200),
     }
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
+from .cli_pods import pods_status, register as register_pods
 from .cli_tunnel import register as _register_tunnel
 from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs, capped
 from .frames import FrameSpec
@@ -152,7 +153,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 if args.watch and out.isatty():
                     out.write("\x1b[H\x1b[2J")
-                out.write(status_table(snap) + "\n")
+                out.write(status_table(snap) + "\n" + pods_status(pool))
                 if args.watch:
                     out.write(f"\n{time.strftime('%H:%M:%S')}  every {pool.poll_interval:g} s, Ctrl-C to stop\n")
             out.flush()
@@ -600,6 +601,7 @@ def _register_runpod(sub: argparse._SubParsersAction) -> None:
 #: One function per command group; each adds its subcommands. Add a group here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_status, _register_work, _register_config, _register_runpod, _register_emulators, _register_tunnel,
+    register_pods,
 ]
 
 

@@ -50,6 +50,7 @@ from pydantic import (
 from .errors import ConfigError, capped
 from .paths import is_absolute
 from .tunnel_config import SSHConfig
+from .pod_policy import PODS_VAR, PodsPolicy
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ class ServerConfig(BaseModel):
     max_queue: StrictInt = 2
     path_map: list[PathMapping] = Field(default_factory=list)
     ssh: Optional[SSHConfig] = None       # reached through an SSH tunnel (tunnel_config.py)
+    base_path: Optional[StrictStr] = None   # a server behind a path-routing proxy (``/pod-8188``)
 
     @field_validator("name")
     @classmethod
@@ -230,6 +232,13 @@ class ServerConfig(BaseModel):
     @classmethod
     def _token_env(cls, value: str | None) -> str | None:
         return None if value is None else _check_env_name(value)
+
+    @field_validator("base_path")
+    @classmethod
+    def _base_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or any(c in value for c in "?#\\ \r\n\x00")):
+            raise ValueError(f"must be a URL path starting with '/', got {_show(value)}")
+        return value.rstrip("/") or None if value is not None else None
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -290,8 +299,8 @@ class ServerConfig(BaseModel):
 
     @property
     def base_url(self) -> str:
-        """``http://ip:port`` (or https), IPv6 bracketed."""
-        return f"{self.scheme}://{self.address}"
+        """``http://ip:port`` (or https), IPv6 bracketed, then ``base_path`` when set."""
+        return f"{self.scheme}://{self.address}{self.base_path or ''}"
 
     def auth_header(self, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         """``{"Authorization": "Bearer …"}`` from the variable named in ``auth_token_env``, or ``{}``.
@@ -421,6 +430,7 @@ class ClusterConfig(BaseModel):
     source: str
     runpod: Optional[RunPodConfig] = None
     poll_interval: float = 2.0
+    pods: Optional[PodsPolicy] = None
 
     @field_validator("servers")
     @classmethod
@@ -611,12 +621,14 @@ class _FileParts(BaseModel):
     servers: list[Any]
     runpod: Optional[dict[str, Any]] = None
     poll_interval: Optional[StrictFloat] = None
+    pods: Optional[dict[str, Any]] = None
 
 
-def _file_parts(data: Any, source: str) -> tuple[list[ServerConfig], dict[str, Any] | None, float | None]:
+def _file_parts(data: Any, source: str) -> tuple[list[ServerConfig], dict[str, Any] | None, float | None,
+                                                 dict[str, Any] | None]:
     """A file holds a JSON array of servers, or ``{"servers": [...], "runpod": {...}, "poll_interval": s}``."""
     if isinstance(data, list):
-        return _servers_from_data(data, source), None, None
+        return _servers_from_data(data, source), None, None, None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a JSON array of servers or an object with \"servers\", "
                           f"got {_json_type(data)}")
@@ -626,7 +638,7 @@ def _file_parts(data: Any, source: str) -> tuple[list[ServerConfig], dict[str, A
         raise ConfigError("\n".join(f"{source}: {line}" for line in _error_lines(exc, _FileParts))) from None
     if parts.poll_interval is not None:
         _check_poll(parts.poll_interval, f"{source}: poll_interval")
-    return _servers_from_data(parts.servers, f"{source}: servers"), parts.runpod, parts.poll_interval
+    return _servers_from_data(parts.servers, f"{source}: servers"), parts.runpod, parts.poll_interval, parts.pods
 
 
 def _check_poll(value: float, label: str) -> float:
@@ -668,6 +680,24 @@ def _runpod_from_env(environ: Mapping[str, str], file_policy: dict[str, Any] | N
         raise ConfigError("\n".join(f"{source}: {line}" for line in _error_lines(exc, RunPodConfig))) from None
 
 
+def _pods_from_env(environ: Mapping[str, str], file_pods: dict[str, Any] | None,
+                   file_source: str) -> PodsPolicy | None:
+    """The pod tier's policy: ``NUKE_COMFYUI_PODS`` when set, else the file's ``pods`` object."""
+    text = (environ.get(PODS_VAR) or "").strip()
+    source, policy = (PODS_VAR, _load_json(text, PODS_VAR)) if text else (f"{file_source}: pods", file_pods)
+    if policy is None:
+        return None
+    if not isinstance(policy, dict):
+        raise ConfigError(f"{source}: must be a JSON object, got {_json_type(policy)}")
+    if "api_key" in policy:
+        raise ConfigError(f"{source}: api_key: refused: put the key in an environment variable and name it "
+                          "in api_key_env (default RUNPOD_API_KEY)")
+    try:
+        return PodsPolicy.model_validate(policy)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in _error_lines(exc, PodsPolicy))) from None
+
+
 def _poll_from_env(environ: Mapping[str, str], fallback: float | None) -> float:
     text = (environ.get(POLL_INTERVAL_VAR) or "").strip()
     if not text:
@@ -701,20 +731,20 @@ def _single_server(environ: Mapping[str, str]) -> tuple[list[ServerConfig], str]
 
 
 def _servers_from_env(environ: Mapping[str, str]) -> tuple[list[ServerConfig], str, dict[str, Any] | None,
-                                                          float | None]:
+                                                          float | None, dict[str, Any] | None]:
     text = (environ.get(SERVERS_VAR) or "").strip()
     if not text:
         servers, source = _single_server(environ)
-        return servers, source, None, None
+        return servers, source, None, None, None
     if text.startswith("@"):
         path = text[1:].strip()
         source = f"@{path}"
         if not path:
             raise ConfigError(f"{SERVERS_VAR}: '@' must be followed by the path of a servers file")
         data = _read_file(Path(path), f"{SERVERS_VAR}={source}")
-        servers, policy, poll = _file_parts(data, source)
-        return servers, source, policy, poll
-    return parse_servers(text, source=SERVERS_VAR), SERVERS_VAR, None, None
+        servers, policy, poll, pods = _file_parts(data, source)
+        return servers, source, policy, poll, pods
+    return parse_servers(text, source=SERVERS_VAR), SERVERS_VAR, None, None, None
 
 
 def _log_source(config: ClusterConfig) -> None:
@@ -746,12 +776,13 @@ def load_config(environ: Mapping[str, str] = os.environ, *,
     """
     if servers_file is not None:
         source = f"@{os.fspath(servers_file)}"
-        servers, file_policy, file_poll = _file_parts(_read_file(Path(servers_file), source), source)
+        servers, file_policy, file_poll, file_pods = _file_parts(_read_file(Path(servers_file), source), source)
     else:
-        servers, source, file_policy, file_poll = _servers_from_env(environ)
+        servers, source, file_policy, file_poll, file_pods = _servers_from_env(environ)
     config = ClusterConfig(servers=servers, source=source,
                            runpod=_runpod_from_env(environ, file_policy, source),
-                           poll_interval=_poll_from_env(environ, file_poll))
+                           poll_interval=_poll_from_env(environ, file_poll),
+                           pods=_pods_from_env(environ, file_pods, source))
     _log_source(config)
     return config
 

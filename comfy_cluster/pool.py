@@ -72,6 +72,7 @@ class PoolSnapshot:
     poll_interval: float
     client_id: str
     runpod: dict[str, Any] | None = None
+    pods: tuple[dict[str, Any], ...] = ()   # the autoscaler's pod rows: GPU, $/h, uptime, cost so far
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,13 +81,14 @@ class PoolSnapshot:
             "poll_interval": self.poll_interval,
             "client_id": self.client_id,
             "runpod": self.runpod,
+            "pods": list(self.pods),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PoolSnapshot:
         return cls(servers=tuple(ServerStatus.from_dict(s) for s in data["servers"]),
                    strategy=Strategy(data["strategy"]), poll_interval=float(data["poll_interval"]),
-                   client_id=data["client_id"], runpod=data.get("runpod"))
+                   client_id=data["client_id"], runpod=data.get("runpod"), pods=tuple(data.get("pods") or ()))
 
 
 class Lease:
@@ -219,6 +221,7 @@ class ComfyUIServerPool:
         self._servers: dict[str, ComfyUIServer] = {}
         self._rr = 0
         self._runpod_leases = 0
+        self.autoscaler: Any = None   # the pod tier (comfy_cluster.autoscale), when configured
         self._events = _EventDispatcher()
         # monitor
         self._due: list[tuple[float, int, str]] = []
@@ -241,7 +244,17 @@ class ComfyUIServerPool:
             from .runpod import RunPodEndpoint  # the RunPod tier is optional: only built when configured
 
             kw["runpod"] = RunPodEndpoint(cfg.runpod, environ=kw.get("environ", os.environ))
-        return cls(cfg.servers, **kw)
+        pool = cls(cfg.servers, **kw)
+        if cfg.pods is not None and cfg.pods.enabled:
+            from .autoscale import Autoscaler  # the pod tier is optional: only built when configured
+
+            pool.autoscaler = Autoscaler(pool, cfg.pods, environ=kw.get("environ", os.environ))
+        return pool
+
+    def watch_batch(self, batch: Any) -> None:
+        """Tell the pod autoscaler (if any) about a batch whose queued frames it should plan for."""
+        if self.autoscaler is not None:
+            self.autoscaler.watch(batch)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **kw: Any) -> ComfyUIServerPool:
@@ -356,10 +369,11 @@ class ComfyUIServerPool:
         else:
             cfg = load_config(self._environ)
         wanted = {s.name: s for s in cfg.servers}
+        pods = {p.name for p in self.autoscaler.pods()} if self.autoscaler is not None else set()
         with self._lock:
             current = dict(self._servers)
         for name in current:
-            if name not in wanted:
+            if name not in wanted and name not in pods:   # rented pods are the autoscaler's, not the file's
                 self.remove_server(name)
         for name, new in wanted.items():
             old = current.get(name)
@@ -577,6 +591,8 @@ class ComfyUIServerPool:
             self._monitor.start()
         if self.runpod is not None:
             self.runpod.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start()
         return self
 
     def stop(self) -> None:
@@ -592,6 +608,8 @@ class ComfyUIServerPool:
             executor.shutdown(wait=True)
         if self.runpod is not None:
             self.runpod.stop()
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
         self._events.stop()
 
     def close(self) -> None:
@@ -657,8 +675,9 @@ class ComfyUIServerPool:
         with self._lock:
             statuses = tuple(s.get_status() for s in self._servers.values())
         runpod = self.runpod.get_status().to_dict() if self.runpod is not None else None
+        pods = tuple(self.autoscaler.rows()) if self.autoscaler is not None else ()
         return PoolSnapshot(servers=statuses, strategy=self.strategy, poll_interval=self.poll_interval,
-                            client_id=self.client_id, runpod=runpod)
+                            client_id=self.client_id, runpod=runpod, pods=pods)
 
     def __repr__(self) -> str:
         return f"ComfyUIServerPool({len(self._servers)} servers, strategy={self.strategy.value!r})"

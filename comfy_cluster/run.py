@@ -255,6 +255,7 @@ class Batch:
     # -- public ---------------------------------------------------------------------------
 
     def start(self) -> Batch:
+        getattr(self._pool, "watch_batch", lambda batch: None)(self)   # the pod autoscaler plans for it
         for task in self._tasks:
             self._emit("queued", task.key, {"frames": list(task.frames)})
         self._thread.start()

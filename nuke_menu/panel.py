@@ -16,6 +16,7 @@ from typing import Any, Callable
 from comfy_cluster.errors import ComfyClusterError
 
 from . import core
+from .pods_panel import PodsBox
 from .qt import QtCore, QtGui, QtWidgets
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class StatusPanel(QtWidgets.QWidget):
         self.always_on.toggled.connect(self._always_on_toggled)
         grid.addWidget(self.always_on, 1, 4, 1, 2)
         layout.addWidget(self.runpod_box)
+        self.pods_box = PodsBox(lambda: self.pool, self._background)
+        layout.addWidget(self.pods_box)
 
         self.batch_box = QtWidgets.QGroupBox("Active batches")
         self.batch_layout = QtWidgets.QVBoxLayout(self.batch_box)
@@ -116,6 +119,7 @@ class StatusPanel(QtWidgets.QWidget):
             return
         self._show_servers(snapshot.servers)
         self._show_runpod(snapshot.runpod)
+        self.pods_box.show_rows(snapshot.pods)
         if snapshot.runpod is not None and not self._runpod_read:
             self._runpod_read = True
             pool = self.pool

@@ -494,7 +494,7 @@ def test_an_odd_unknown_key_stays_on_one_line() -> None:
         parse_servers(json.dumps(with_server(0, **{"evil\nkey": 1})))
     assert error_lines(excinfo) == ['NUKE_COMFYUI_SERVERS[0] ("server1"): "evil\\nkey": unknown field '
                                     '(known fields: name, ip, port, dir_local, dir_remote, priority, enabled, '
-                                    'scheme, headers, auth_token_env, transfer, max_queue, path_map, ssh)']
+                                    'scheme, headers, auth_token_env, transfer, max_queue, path_map, ssh, base_path)']
 
 
 def test_ten_thousand_servers_sharing_one_name_give_a_short_error() -> None:
