@@ -5,7 +5,7 @@
     comfy-cluster submit WORKFLOW [--input NODE.INPUT=PATH]... [--set NODE.INPUT=VALUE]... [--output DIR]
     comfy-cluster render WORKFLOW --frames RANGE --input NODE.INPUT=PATTERN --output PATTERN [--chunk N] [--resume]
     comfy-cluster iterate WORKFLOW --count N [--seed-mode MODE] --output PATTERN
-    comfy-cluster config check
+    comfy-cluster config check|add|remove|set|enable|disable|export|import|backup|restore
     comfy-cluster emulator --port P [--count N] [--seconds-per-job S]
     comfy-cluster demo
 
@@ -491,9 +491,12 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
 
 def _register_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="configuration")
-    group = p.add_subparsers(dest="config_command", metavar="{check}", required=True)
+    group = p.add_subparsers(dest="config_command", metavar="ACTION", required=True, parser_class=_Parser)
     check = group.add_parser("check", help="validate the configuration and try each server")
     check.set_defaults(func=cmd_config_check)
+    from .cli_config import register  # add|remove|set|enable|disable|export|import|backup|restore
+
+    register(group)
 
 
 def _register_emulators(sub: argparse._SubParsersAction) -> None:

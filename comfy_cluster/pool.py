@@ -34,8 +34,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .backend import Backend
 from .comfy_api import Timeouts
-from .config import ClusterConfig, ServerConfig, load_config, load_config_file
-from .errors import MissingNodes
+from .config import SERVERS_VAR, ClusterConfig, ServerConfig, load_config, load_config_file
+from .config_edit import ConfigWatcher
+from .errors import ComfyClusterError, MissingNodes
 from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerState, ServerStatus
 from .transfer import UploadCache
 
@@ -200,6 +201,7 @@ class ComfyUIServerPool:
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
         reload: Callable[[], ClusterConfig] | None = None,
+        config_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.client_id = client_id or uuid.uuid4().hex
         self.runpod = runpod
@@ -212,6 +214,10 @@ class ComfyUIServerPool:
         self._environ = environ
         self._clock = clock
         self._reload = reload
+        #: the servers file this pool was built from; edits to it are picked up by the monitor
+        self.config_path = config_path
+        self._watcher = (ConfigWatcher(config_path, interval=self.poll_interval, clock=clock)
+                         if config_path is not None else None)
         self._workers = max(1, workers)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -247,6 +253,9 @@ class ComfyUIServerPool:
     def from_env(cls, environ: Mapping[str, str] = os.environ, **kw: Any) -> ComfyUIServerPool:
         """The pool of ``NUKE_COMFYUI_SERVERS`` (or its fallbacks); ``load_configuration`` re-reads it."""
         kw.setdefault("reload", lambda: load_config(environ))
+        text = (environ.get(SERVERS_VAR) or "").strip()
+        if text.startswith("@") and text[1:].strip():
+            kw.setdefault("config_path", text[1:].strip())
         return cls.from_config(load_config(environ), environ=environ, **kw)
 
     @classmethod
@@ -254,6 +263,7 @@ class ComfyUIServerPool:
         """The pool of a servers file; ``load_configuration`` re-reads the file."""
         environ = kw.get("environ")
         kw.setdefault("reload", lambda: load_config_file(path, environ=environ))
+        kw.setdefault("config_path", path)
         return cls.from_config(load_config_file(path, environ=environ), **kw)
 
     def _make_server(self, cfg: ServerConfig) -> ComfyUIServer:
@@ -613,7 +623,11 @@ class ComfyUIServerPool:
                     if self._due and self._due[0][0] <= now:
                         break
                     timeout = self._due[0][0] - now if self._due else None
+                    if self._watcher is not None:
+                        timeout = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
                     self._cond.wait(timeout)
+                    if self._watcher is not None:
+                        break
                 if self._stopping.is_set():
                     return
                 batch = []
@@ -628,8 +642,20 @@ class ComfyUIServerPool:
                 executor = self._executor
             if executor is None:
                 return
+            if self._watcher is not None and self._watcher.changed():
+                executor.submit(self._reload_edited_file)
             for server in batch:
                 executor.submit(self._probe_and_reschedule, server)
+
+    def _reload_edited_file(self) -> None:
+        """The servers file changed on disk (the editor, the panel, by hand): take it in."""
+        try:
+            self.load_configuration()
+        except ComfyClusterError as err:  # a hand edit gone wrong keeps the running servers
+            log.warning("servers file %s changed but cannot be used, keeping the current servers: %s",
+                        self.config_path, err)
+        else:
+            log.info("servers file %s changed: configuration reloaded", self.config_path)
 
     def _probe_and_reschedule(self, server: ComfyUIServer) -> None:
         started = self._clock()
