@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
 from .errors import BindingError, ComfyClusterError, ConfigError
+from .estimate import estimate_cmd, estimate_gate
 from .jobs import BatchEvent
 
 log = logging.getLogger(__name__)
@@ -343,8 +344,9 @@ def _summary(res: Any, out: TextIO, seconds: dict[str, list[float]]) -> None:
         rows.append([server, str(count), _fmt_seconds(mean)])
     if rows:
         out.write(_table(rows, ["SERVER", "FRAMES", "AVG/FRAME"]) + "\n")
-    rendered = len(res.frames) - len(res.skipped)
-    out.write(f"{rendered} frame(s) rendered, {len(res.skipped)} already done, {len(res.failed)} failed, "
+    rendered = len(res.frames) - len(res.skipped) - res.cached
+    cached = f", {res.cached} unchanged, taken from the cache" if res.cached else ""
+    out.write(f"{rendered} frame(s) rendered{cached}, {len(res.skipped)} already done, {len(res.failed)} failed, "
               f"{len(res.cancelled)} cancelled in {_fmt_seconds(res.elapsed)}\n")
     for frame, err in sorted(res.failed.items())[:10]:
         out.write(f"  frame {frame}: {err}\n")
@@ -380,9 +382,16 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     wf = _workflow(args.workflow)
     inputs = _assignments(args.input, "input")
     values = _assignments(args.set, "value")
-    return _run_batch(args, out, lambda pool: run.animation_submit(
-        wf, pool=pool, frames=args.frames, inputs=inputs, values=values, output=args.output, chunk=args.chunk,
-        resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout))
+    if args.estimate:
+        return estimate_cmd(args, out, _pool(args))
+
+    def start(pool: Any) -> Any:
+        estimate_gate(args, pool)
+        return run.animation_submit(
+            wf, pool=pool, frames=args.frames, inputs=inputs, values=values, output=args.output, chunk=args.chunk,
+            resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout,
+            cache=not args.no_cache)
+    return _run_batch(args, out, start)
 
 
 def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
@@ -395,7 +404,7 @@ def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
     def start(pool: Any) -> Any:
         batch = run.iteration_submit(wf, pool=pool, count=args.count, output=args.output, seed_mode=args.seed_mode,
                                      inputs=inputs, values=values, retries=args.retries, target=args.target,
-                                     job_timeout=args.job_timeout)
+                                     job_timeout=args.job_timeout, cache=not args.no_cache)
         for iteration, seeds in sorted(batch.seeds.items()):
             log.info("iteration %d seeds: %s", iteration, seeds)
         return batch
@@ -452,6 +461,7 @@ def _add_work_options(p: argparse.ArgumentParser, *, pattern: bool) -> None:
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="literal override, e.g. 3.seed=42")
     p.add_argument("--target", default=None, help="a server name, 'runpod', or auto (default)")
     p.add_argument("--job-timeout", type=float, default=None, metavar="S", help="seconds per prompt before retrying")
+    p.add_argument("--no-cache", action="store_true", help="render even frames the result cache holds")
 
 
 def _register_status(sub: argparse._SubParsersAction) -> None:
@@ -477,6 +487,8 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="PATTERN", help="e.g. /renders/sh010_comfy.####.png")
     p.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per prompt (workflows that batch)")
     p.add_argument("--resume", action="store_true", help="render only frames not done and present on disk")
+    p.add_argument("--estimate", action="store_true", help="show where frames would run and the RunPod cost; send nothing")
+    p.add_argument("--force", action="store_true", help="render even when RunPod would pass today's budget")
     p.add_argument("--retries", type=int, default=3)
     p.set_defaults(func=cmd_render)
 
