@@ -143,6 +143,10 @@ class TransferError(ComfyClusterError):
     """An input could not be staged or an output could not be written (path, disk, name)."""
 
 
+class Throttled(ServerUnavailable):
+    """A RunPod endpoint answered 429 or has no worker capacity: send the job to the next endpoint."""
+
+
 class BudgetExceeded(ServerUnavailable):
     """The next RunPod job would pass the daily budget. Nothing was sent: the work runs locally or waits."""
 
@@ -161,6 +165,7 @@ __all__ = [
     "ProtocolError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Throttled",
     "TransferError",
     "WorkflowError",
     "WorkflowRejected",

@@ -225,6 +225,7 @@ class ComfyUIServerPool:
         self._servers: dict[str, ComfyUIServer] = {}
         self._rr = 0
         self._runpod_leases = 0
+        self._class_leases: dict[str, int] = {}   # leases per "runpod:CLASS" view of a RunPod group
         self._events = _EventDispatcher()
         # monitor
         self._due: list[tuple[float, int, str]] = []
@@ -244,9 +245,9 @@ class ComfyUIServerPool:
         """The pool of a configuration, with its RunPod endpoint when one is configured and enabled."""
         kw.setdefault("poll_interval", cfg.poll_interval)
         if "runpod" not in kw and cfg.runpod is not None and cfg.runpod.enabled:
-            from .runpod import RunPodEndpoint  # the RunPod tier is optional: only built when configured
+            from .runpod_group import runpod_backend  # the RunPod tier is optional: only built when configured
 
-            kw["runpod"] = RunPodEndpoint(cfg.runpod, environ=kw.get("environ", os.environ))
+            kw["runpod"] = runpod_backend(cfg.runpod, environ=kw.get("environ", os.environ))
         return cls(cfg.servers, **kw)
 
     @classmethod
@@ -435,6 +436,9 @@ class ComfyUIServerPool:
         server whose slots are full would still finish the prompt sooner: at the tail, the
         last frame on an idle slow GPU is what makes the whole render late.
         """
+        gpu_class = None
+        if target is not None and target.startswith("runpod:"):  # "runpod:A100": endpoints of that GPU class
+            target, gpu_class = "runpod", target.partition(":")[2]
         scope = self._scope(target)
         runpod = self.runpod if (self.runpod is not None and target in (None, "auto", "runpod")
                                  and self.runpod.name not in exclude) else None
@@ -442,7 +446,9 @@ class ComfyUIServerPool:
         if target == "runpod":
             if self.runpod is None:
                 raise ValueError("target 'runpod': no RunPod endpoint is configured")
-            return runpod if runpod_ok and self._runpod_free() else None
+            if gpu_class and runpod is not None:
+                runpod = runpod.for_gpu_class(gpu_class)
+            return runpod if runpod_ok and self._runpod_free(runpod) else None
         self._check_capable(scope, classes, runpod_ok)
         default = self._default_seconds()
         ready = [s for s in scope if s.name not in exclude and s.is_available(classes)]
@@ -461,9 +467,11 @@ class ComfyUIServerPool:
             return runpod
         return best
 
-    def _runpod_free(self) -> bool:
+    def _runpod_free(self, runpod: Any = None) -> bool:
         """RunPod counts a job from its own submit; our leases count from selection, so both must fit."""
-        return self._runpod_leases < self.runpod.max_queue and self.runpod.has_free_slot()
+        runpod = runpod if runpod is not None else self.runpod
+        view_ok = runpod is self.runpod or self._class_leases.get(runpod.name, 0) < runpod.max_queue
+        return self._runpod_leases < self.runpod.max_queue and view_ok and runpod.has_free_slot()
 
     def get_available_server(self, strategy: Strategy | str = Strategy.LEAST_LOADED,
                              workflow: Any = None) -> ComfyUIServer | None:
@@ -495,6 +503,8 @@ class ComfyUIServerPool:
                 backend.reserve()
             else:
                 self._runpod_leases += 1
+                if backend is not self.runpod:
+                    self._class_leases[backend.name] = self._class_leases.get(backend.name, 0) + 1
             self._changed()
         return Lease(self, backend)
 
@@ -508,6 +518,8 @@ class ComfyUIServerPool:
                 backend.unreserve()
             else:
                 self._runpod_leases -= 1
+                if backend is not self.runpod:
+                    self._class_leases[backend.name] -= 1
             backend.record_result(seconds, ok)
             retired = isinstance(backend, ComfyUIServer) and self._servers.get(backend.name) is not backend
             self._changed()

@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import requests
 
@@ -44,6 +45,7 @@ from .errors import (
     ProtocolError,
     ServerTimeout,
     ServerUnavailable,
+    Throttled,
     TransferError,
     WorkflowRejected,
 )
@@ -59,6 +61,8 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ENDPOINT_ID_ENV = "RUNPOD_ENDPOINT_ID"
 _MAX_RETRY_AFTER = 60.0
+#: Bucket outputs bigger than this are refused (a 16k EXR is ~1.5 GB; nothing sane is bigger).
+MAX_URL_OUTPUT_BYTES = 2 * 1024 ** 3
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -301,6 +305,42 @@ def build_payload(request: PromptRequest, *, server: str = "runpod", limit: int 
 
 # --------------------------------------------------------------------------- outputs
 
+def redact_url(url: str) -> str:
+    """A presigned URL without its query (the signature) or credentials, fit for a message."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def download_url(url: str, dest: Path, *, what: str, limit: int, server: str, timeout: float = 120.0) -> int:
+    """Stream a bucket URL to ``dest``: size-capped, with connect/read timeouts, and messages
+    that show the URL without its signature. Fetched without our session, so the API key
+    never goes to the bucket. Returns the bytes written."""
+    shown = redact_url(url)
+    written = 0
+    try:
+        with requests.get(url, timeout=(3.05, timeout), stream=True) as resp:
+            if resp.status_code >= 400:
+                raise TransferError(f"{what}: GET {shown} answered HTTP {resp.status_code} (an expired or "
+                                    "revoked presigned URL answers 403)", server=server)
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise TransferError(f"{what}: {shown} is {int(declared)} bytes, over the {limit}-byte limit; "
+                                    "not downloaded", server=server)
+            with open(dest, "wb") as fh:
+                for chunk in resp.iter_content(1 << 16):
+                    written += len(chunk)
+                    if written > limit:
+                        raise TransferError(f"{what}: {shown} passed the {limit}-byte limit while "
+                                            "downloading; stopped", server=server)
+                    fh.write(chunk)
+    except requests.RequestException as err:
+        raise TransferError(f"{what}: fetching {shown} failed: {type(err).__name__}", server=server) from None
+    log.debug("%s: %d bytes from %s", what, written, shown)
+    return written
+
+
 def _safe_filename(name: str, index: int, data_hint: bytes | None = None) -> str:
     base = os.path.basename(str(name).replace("\\", "/")).strip().lstrip(".")
     if base:
@@ -342,6 +382,8 @@ class RunPodEndpoint:
         self.default_job_seconds = default_job_seconds
         self.lossy_inputs = config.lossy_inputs if lossy_inputs is None else lossy_inputs
         self.payload_limit = payload_limit
+        #: the largest output fetched from a bucket URL (worker-comfyui with BUCKET_ENDPOINT_URL)
+        self.max_output_bytes = MAX_URL_OUTPUT_BYTES
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -547,15 +589,17 @@ class RunPodEndpoint:
             raise ServerUnavailable(f"{what}: HTTP 404, RunPod endpoint '{self.endpoint_id}' not found at "
                                     f"{self.base_url}; check {ENDPOINT_ID_ENV}", server=self.name)
         if resp.status_code == 429:
-            raise ServerUnavailable(f"{what}: still rate limited (HTTP 429) after retries", server=self.name)
+            raise Throttled(f"{what}: still rate limited (HTTP 429) after retries", server=self.name)
         if resp.status_code >= 400:
             raise ServerUnavailable(f"{what}: HTTP {resp.status_code} {resp.text[:200]!r}", server=self.name)
 
     def _call(self, method: str, path: str, *, body: Any = None, cancel: threading.Event | None = None,
-              job_id: str | None = None, retry_connection: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+              job_id: str | None = None, retry_connection: bool = True, timeout: float = 30.0,
+              attempts: int = 5) -> dict[str, Any]:
         what = f"RunPod endpoint '{self.name}': {method} {path}"
         resp = send_with_retry(self.session, method, self.base_url + path, what=what, timeout=timeout,
-                               json_body=body, cancel=cancel, retry_connection=retry_connection, server=self.name)
+                               json_body=body, cancel=cancel, retry_connection=retry_connection, server=self.name,
+                               attempts=attempts)
         self._check_response(resp, what, job_id=job_id)
         data = json_of(resp, what)
         if not isinstance(data, dict):
@@ -564,7 +608,7 @@ class RunPodEndpoint:
 
     # ----------------------------------------------------------- running a prompt
     def run_prompt(self, request: PromptRequest, *, on_event: EventCallback, cancel: threading.Event,
-                   batch_id: str | None = None) -> PromptResult:
+                   batch_id: str | None = None, submit_attempts: int = 5) -> PromptResult:
         """Run ``request`` on the endpoint. The ledger's batch is ``batch_id``, else
         ``request.batch_id``, else ``request.label``.
 
@@ -583,18 +627,19 @@ class RunPodEndpoint:
             self._in_flight += 1
         batch = batch_id if batch_id is not None else (request.batch_id or request.label)
         try:
-            return self._run(request, payload, on_event=on_event, cancel=cancel, batch=batch)
+            return self._run(request, payload, on_event=on_event, cancel=cancel, batch=batch,
+                             submit_attempts=submit_attempts)
         finally:
             with self._lock:
                 self._in_flight -= 1
 
     def _run(self, request: PromptRequest, payload: Payload, *, on_event: EventCallback,
-             cancel: threading.Event, batch: str) -> PromptResult:
+             cancel: threading.Event, batch: str, submit_attempts: int = 5) -> PromptResult:
         start = self._clock()
         deadline = start + request.timeout
         label = request.label or request.prompt_id
         submitted = self._call("POST", "/run", body=payload.body, cancel=cancel, retry_connection=False,
-                               timeout=120.0)
+                               timeout=120.0, attempts=submit_attempts)
         job_id = str(submitted.get("id") or "")
         if not job_id:
             raise ProtocolError(f"RunPod endpoint '{self.name}': POST /run answered without a job id",
@@ -712,16 +757,8 @@ class RunPodEndpoint:
             name = _safe_filename(filename or url.split("?", 1)[0].rsplit("/", 1)[-1], index)
 
             def fetch(dest: Path) -> None:
-                # A presigned URL: fetched without our session, so the API key never goes to S3.
-                try:
-                    with requests.get(url, timeout=(3.05, 120.0), stream=True) as resp:
-                        resp.raise_for_status()
-                        with open(dest, "wb") as fh:
-                            for chunk in resp.iter_content(1 << 16):
-                                fh.write(chunk)
-                except requests.RequestException as err:
-                    raise TransferError(f"{where}: fetching output {name} from S3 failed: "
-                                        f"{type(err).__name__}", server=self.name) from err
+                download_url(url, Path(dest), what=f"{where}: output {name}", limit=self.max_output_bytes,
+                             server=self.name)
             return OutputRef(filename=name, node_id="", index=index, fetch=fetch)
         raw = _b64(data, where)
         name = _safe_filename(filename, index, raw)
