@@ -313,6 +313,27 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+_SIGNED_MARKERS = ("signature", "x-amz-", "credential", "token", "sig=")
+
+
+class _PresignedQueryFilter(logging.Filter):
+    """Cuts a presigned query off the paths urllib3 logs at DEBUG ("GET /key?X-Amz-Signature=...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_cut_signed_query(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _cut_signed_query(text: str) -> str:
+    path, sep, query = text.partition("?")
+    return f"{path}?<redacted>" if sep and any(m in query.lower() for m in _SIGNED_MARKERS) else text
+
+
+#: urllib3 logs every request line at DEBUG; a bucket URL's signature must not reach a log file.
+logging.getLogger("urllib3.connectionpool").addFilter(_PresignedQueryFilter())
+
+
 def download_url(url: str, dest: Path, *, what: str, limit: int, server: str, timeout: float = 120.0) -> int:
     """Stream a bucket URL to ``dest``: size-capped, with connect/read timeouts, and messages
     that show the URL without its signature. Fetched without our session, so the API key

@@ -10,11 +10,13 @@ _PREFIXES = ("NUKE_COMFYUI_", "RUNPOD_", "COMFY_CLUSTER_")
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A studio machine's own settings must never leak into a test."""
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A studio machine's own settings must never leak into a test, nor one test's state
+    (RunPod ledger, result cache, config backups) into another: each test gets its own state dir."""
     for key in list(os.environ):
         if key.startswith(_PREFIXES):
             monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture
