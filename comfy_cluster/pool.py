@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .backend import Backend
 from .comfy_api import Timeouts
-from .config import SERVERS_VAR, ClusterConfig, ServerConfig, load_config, load_config_file
+from .config import ClusterConfig, ServerConfig, load_config, load_config_file
 from .config_edit import ConfigWatcher
 from .errors import ComfyClusterError, MissingNodes
 from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerState, ServerStatus
@@ -244,6 +244,8 @@ class ComfyUIServerPool:
     def from_config(cls, cfg: ClusterConfig, **kw: Any) -> ComfyUIServerPool:
         """The pool of a configuration, with its RunPod endpoint when one is configured and enabled."""
         kw.setdefault("poll_interval", cfg.poll_interval)
+        if cfg.source.startswith("@"):  # a servers file: watched, so an edit reaches the running pool
+            kw.setdefault("config_path", cfg.source[1:])
         if "runpod" not in kw and cfg.runpod is not None and cfg.runpod.enabled:
             from .runpod_group import runpod_backend  # the RunPod tier is optional: only built when configured
 
@@ -254,9 +256,6 @@ class ComfyUIServerPool:
     def from_env(cls, environ: Mapping[str, str] = os.environ, **kw: Any) -> ComfyUIServerPool:
         """The pool of ``NUKE_COMFYUI_SERVERS`` (or its fallbacks); ``load_configuration`` re-reads it."""
         kw.setdefault("reload", lambda: load_config(environ))
-        text = (environ.get(SERVERS_VAR) or "").strip()
-        if text.startswith("@") and text[1:].strip():
-            kw.setdefault("config_path", text[1:].strip())
         return cls.from_config(load_config(environ), environ=environ, **kw)
 
     @classmethod
@@ -264,7 +263,6 @@ class ComfyUIServerPool:
         """The pool of a servers file; ``load_configuration`` re-reads the file."""
         environ = kw.get("environ")
         kw.setdefault("reload", lambda: load_config_file(path, environ=environ))
-        kw.setdefault("config_path", path)
         return cls.from_config(load_config_file(path, environ=environ), **kw)
 
     def _make_server(self, cfg: ServerConfig) -> ComfyUIServer:
