@@ -100,16 +100,18 @@ class ResultCache:
         return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
     def restore(self, request: PromptRequest, frames: tuple[int, ...], names: _Names,
-                kinds: Iterable[str]) -> dict[int, list[Path]] | None:
+                kinds: Iterable[str], *, run: str = "") -> dict[int, list[Path]] | None:
         """Put an earlier render's files at ``frames``' output names, or None (render it).
 
         Every listed file must be present with its recorded size and sha256; a missing or
-        altered file makes it a miss (logged), and the frame is rendered again.
+        altered file makes it a miss (logged), and the frame is rendered again. Entries made
+        by the same ``run`` are not used: within one run every frame renders, so what a run
+        sends never depends on which of its identical frames finished first.
         """
         for kind in kinds:
             key = self.key(request, kind)
             entry = self._entry(key) if key is not None else None
-            if entry is None or key is None:
+            if entry is None or key is None or (run and entry.get("run") == run):
                 continue
             files = self._valid(entry, len(frames))
             if files is None:
@@ -127,7 +129,7 @@ class ResultCache:
                 moved.append({**item, "path": str(dest)})  # the newest copy is the one checked next time
             log.info("%s: unchanged since an earlier render (%s), %d file(s) reused from the cache",
                      request.label or request.prompt_id, kind, len(files))
-            self._write(key, kind, moved)
+            self._write(key, kind, moved, str(entry.get("run", "")))
             return placed
         return None
 
@@ -148,7 +150,7 @@ class ResultCache:
                 return None
         return files
 
-    def store(self, request: PromptRequest, files: Mapping[int, list[Path]], *, kind: str) -> None:
+    def store(self, request: PromptRequest, files: Mapping[int, list[Path]], *, kind: str, run: str = "") -> None:
         """Record the files a render of ``request`` wrote (frames in ``files``' order)."""
         key = self.key(request, kind)
         if key is None or not files:
@@ -157,10 +159,10 @@ class ResultCache:
         items = [{"pos": pos, "index": index, "filename": path.name, "path": str(path),
                   "size": path.stat().st_size, "sha256": file_sha256(path)}
                  for pos, frame in enumerate(frames) for index, path in enumerate(files[frame])]
-        self._write(key, kind, items)
+        self._write(key, kind, items, run)
 
-    def _write(self, key: str, kind: str, items: list[dict[str, Any]]) -> None:
-        text = json.dumps({"key": key, "kind": kind, "time": time.time(), "files": items}, indent=1)
+    def _write(self, key: str, kind: str, items: list[dict[str, Any]], run: str) -> None:
+        text = json.dumps({"key": key, "kind": kind, "run": run, "time": time.time(), "files": items}, indent=1)
         try:
             atomic_write(self._entry_path(key), _text_writer(text))
         except OSError as err:  # the cache is an optimisation: a full disk must not fail the frame

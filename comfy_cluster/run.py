@@ -456,7 +456,7 @@ class Batch:
             return
         attempt.ended = self._clock()
         if self._cache is not None:
-            self._cache.store(request, files, kind=backend.kind)
+            self._cache.store(request, files, kind=backend.kind, run=self.run_id)
         self._finish_done(task, attempt, files, result)
 
     def _from_cache(self, task: FrameTask) -> bool:
@@ -466,7 +466,7 @@ class Batch:
         self._cache_checked.add(task.key)
         request = self._build_request(task, 1, uuid.uuid4().hex, None)
         files = self._cache.restore(request, task.frames, self._plan.names,
-                                    kinds_for(self._pool.backends, self._target))
+                                    kinds_for(self._pool.backends, self._target), run=self.run_id)
         with self._cond:
             if files is None or task.state is not JobState.QUEUED or task not in self._pending:
                 return False
