@@ -66,10 +66,14 @@ def servers_file(servers_arg: str | os.PathLike[str] | None, environ: Mapping[st
                       f"{SERVERS_VAR}=@/path/to/servers.json")
 
 
-def validate_document(data: Any, source: str, environ: Mapping[str, str] | None = None) -> ClusterConfig:
-    """Check a servers document exactly as ``load_config_file`` would; ``ConfigError`` if not."""
+def validate_document(data: Any, source: str) -> ClusterConfig:
+    """Check a servers document exactly as ``load_config_file`` would; ``ConfigError`` if not.
+
+    The ``runpod`` object is checked even without an ``endpoint_id`` in it (loading takes
+    one from ``RUNPOD_ENDPOINT_ID`` then), so a bad policy is caught at edit time.
+    """
     servers, policy, poll = _config._file_parts(data, source)
-    env = environ if environ is not None else {}
+    env = {} if policy is None or "endpoint_id" in policy else {_config.ENDPOINT_ID_VAR: "edit-check"}
     return ClusterConfig(servers=servers, source=source, runpod=_config._runpod_from_env(env, policy, source),
                          poll_interval=_config._poll_from_env(env, poll))
 
@@ -294,8 +298,9 @@ class ServersFile:
 
     def _backup(self, raw: bytes) -> Path:
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(self._clock()))
-        micro = f"{self._clock() % 1:.6f}"[2:]
+        now = self._clock()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
+        micro = f"{int(now % 1 * 1_000_000):06d}"
         dest = self.backup_dir / f"{_safe_stem(self.path)}.{stamp}.{micro}.json"
         while dest.exists():
             micro = f"{(int(micro) + 1) % 1000000:06d}"

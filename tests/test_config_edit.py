@@ -76,21 +76,41 @@ def test_add_set_disable_enable_remove_round_trip(servers_json):
     assert pods == {"kept": ["as", "is"]}
 
 
-def test_unknown_top_level_keys_survive_an_edit(servers_json):
+def test_other_top_level_keys_survive_an_edit(servers_json):
     before = doc(servers_json)
-    # an edit goes through the loader's own validation: with "pods" that the loader does not know
-    # the edit is refused (the file would not load either), and the file is untouched
+    try:
+        load_config_file(servers_json)
+        loads = True
+    except ConfigError:
+        loads = False                       # a key the loader does not know yet ("pods")
     raw = servers_json.read_bytes()
-    with pytest.raises(ConfigError, match="pods"):
+    if loads:
         ServersFile(servers_json).set("gpu-01", {"priority": 4})
-    assert servers_json.read_bytes() == raw
-    # without it, "runpod" and key order are kept exactly
+        assert {k: v for k, v in doc(servers_json).items() if k != "servers"} == \
+            {k: v for k, v in before.items() if k != "servers"}
+    else:                                   # what would not load is never written
+        with pytest.raises(ConfigError, match="pods"):
+            ServersFile(servers_json).set("gpu-01", {"priority": 4})
+        assert servers_json.read_bytes() == raw
     before.pop("pods")
     servers_json.write_text(json.dumps(before))
     ServersFile(servers_json).set("gpu-01", {"priority": 4})
     after = doc(servers_json)
     assert list(after) == ["servers", "runpod"] and after["runpod"] == before["runpod"]
     assert after["servers"][0]["priority"] == 4
+
+
+def test_a_bad_runpod_policy_is_caught_at_edit_time(tmp_path, state):
+    path = tmp_path / "servers.json"
+    path.write_text('{"servers": [{"name": "gpu-01", "ip": "10.0.0.11", "port": 8188}], "runpod": {}}')
+    data = doc(path)
+    data["runpod"] = {"daily_budget": "lots"}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    raw = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"runpod: daily_budget: must be a number"):
+        ServersFile(path).import_from(other)
+    assert path.read_bytes() == raw
 
 
 @pytest.mark.parametrize("args, message", [
