@@ -461,7 +461,6 @@ def _add_work_options(p: argparse.ArgumentParser, *, pattern: bool) -> None:
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="literal override, e.g. 3.seed=42")
     p.add_argument("--target", default=None, help="a server name, 'runpod', or auto (default)")
     p.add_argument("--job-timeout", type=float, default=None, metavar="S", help="seconds per prompt before retrying")
-    p.add_argument("--no-cache", action="store_true", help="render even frames the result cache holds")
 
 
 def _register_status(sub: argparse._SubParsersAction) -> None:
@@ -487,6 +486,7 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="PATTERN", help="e.g. /renders/sh010_comfy.####.png")
     p.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per prompt (workflows that batch)")
     p.add_argument("--resume", action="store_true", help="render only frames not done and present on disk")
+    p.add_argument("--no-cache", action="store_true", help="render even frames the result cache holds")
     p.add_argument("--estimate", action="store_true", help="show where frames would run and the RunPod cost; send nothing")
     p.add_argument("--force", action="store_true", help="render even when RunPod would pass today's budget")
     p.add_argument("--retries", type=int, default=3)
@@ -496,6 +496,7 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
     _add_work_options(p, pattern=True)
     p.add_argument("--count", type=int, required=True, metavar="N")
     p.add_argument("--seed-mode", choices=("random", "increment", "fixed"), default="random")
+    p.add_argument("--no-cache", action="store_true", help="render even frames the result cache holds")
     p.add_argument("--output", required=True, metavar="PATTERN", help="e.g. /renders/look_v{iteration:02d}.png")
     p.add_argument("--retries", type=int, default=3)
     p.set_defaults(func=cmd_iterate)
