@@ -245,7 +245,9 @@ class ComfyUIServerPool:
         """The pool of a configuration, with its RunPod endpoint when one is configured and enabled."""
         kw.setdefault("poll_interval", cfg.poll_interval)
         if cfg.source.startswith("@"):  # a servers file: watched, so an edit reaches the running pool
-            kw.setdefault("config_path", cfg.source[1:])
+            path, environ = cfg.source[1:], kw.get("environ", os.environ)
+            kw.setdefault("config_path", path)
+            kw.setdefault("reload", lambda: load_config_file(path, environ=environ))
         if "runpod" not in kw and cfg.runpod is not None and cfg.runpod.enabled:
             from .runpod_group import runpod_backend  # the RunPod tier is optional: only built when configured
 

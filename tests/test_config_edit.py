@@ -246,3 +246,17 @@ def test_a_running_pool_takes_edits_without_restart(tmp_path, state, emulator_th
         wait_until(lambda: [s.name for s in pool.servers] == ["gpu-02"], what="gpu-01 removed from the pool")
     finally:
         pool.close()
+
+
+def test_a_pool_built_from_a_file_config_re_reads_that_file(tmp_path, state):
+    from comfy_cluster.config import load_config_file as load
+
+    path = tmp_path / "servers.json"
+    path.write_text('[{"name": "gpu-01", "ip": "127.0.0.1", "port": 9}]')
+    pool = ComfyUIServerPool.from_config(load(path), poll_interval=0.1).start()
+    try:
+        assert pool.config_path == str(path)
+        ServersFile(path).add("gpu-02", ip="127.0.0.1", port=10)
+        wait_until(lambda: sorted(s.name for s in pool.servers) == ["gpu-01", "gpu-02"], what="gpu-02 added")
+    finally:
+        pool.close()
