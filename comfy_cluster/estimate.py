@@ -133,6 +133,9 @@ def _tiers(pool: Any, prompts: int, target: str | None, ledger: CostLedger) -> l
     gpu_class = None
     if target and target.startswith("runpod:"):
         target, gpu_class = "runpod", target.partition(":")[2]
+        if runpod is None:
+            raise ValueError(f"target 'runpod:{gpu_class}': no RunPod endpoint is configured")
+        runpod.for_gpu_class(gpu_class)  # ValueError naming the configured classes
     endpoints = _endpoints(runpod, gpu_class) if runpod is not None and runpod.enabled else []
     rp = _runpod_tier(endpoints[0], 0, ledger) if endpoints else None
     if target == "runpod":

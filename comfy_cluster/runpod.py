@@ -479,6 +479,13 @@ class RunPodEndpoint:
     def is_available(self, classes: frozenset[str] | None = None) -> bool:
         return self.state in (ServerState.ONLINE, ServerState.BOOTING) and self.has_free_slot()
 
+    def for_gpu_class(self, gpu_class: str) -> RunPodEndpoint:
+        """This endpoint when its ``gpu_class`` is ``gpu_class`` (``target="runpod:A100"``), else ValueError."""
+        if (self.config.gpu_class or "").lower() != gpu_class.lower():
+            raise ValueError(f"target 'runpod:{gpu_class}': no RunPod endpoint has gpu_class {gpu_class!r} "
+                             f"(configured: {self.config.gpu_class or 'none'})")
+        return self
+
     def missing_classes(self, classes: frozenset[str]) -> frozenset[str]:
         """RunPod does not list a worker's node classes; a missing one shows up as a failed job."""
         return frozenset()

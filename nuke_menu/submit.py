@@ -192,7 +192,11 @@ class Submission:
 
         st = self.settings
         prompts = st.iterations if st.mode is s.Mode.ITERATIONS else len(list(st.frames.chunks(max(1, st.chunk))))
-        est = estimate_render(self.pool, prompts, target=st.target_arg)
+        try:
+            est = estimate_render(self.pool, prompts, target=st.target_arg)
+        except ValueError as err:  # a GPU class no endpoint has
+            _tell(f"{st.node}: {err}")
+            return False
         return not est.over_budget or bool(nuke.ask(f"{st.node}: {est}\n\nRender anyway?"))
 
     # -- 2. inputs (main thread) -------------------------------------------------------------

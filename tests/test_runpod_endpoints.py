@@ -122,3 +122,24 @@ def test_endpoints_in_a_servers_file_load_through_the_config(tmp_path):
                                                                                  "price_per_second": "cheap"}]}}))
     with pytest.raises(ConfigError, match=r"endpoints\[0\]\.price_per_second: must be a number"):
         load_config_file(path)
+
+
+def test_an_unknown_gpu_class_is_a_clear_cli_error(accounts, tmp_path, monkeypatch, capsys):
+    import io
+    import json
+
+    from comfy_cluster.cli import main
+
+    first, second = accounts
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    servers = tmp_path / "servers.json"
+    runpod = {"endpoint_id": first.endpoint_id, "base_url": first.base_url, "gpu_class": "L40",
+              "endpoints": [{"endpoint_id": second.endpoint_id, "base_url": second.base_url, "gpu_class": "A100"}]}
+    servers.write_text(json.dumps({"servers": [{"name": "gpu-01", "ip": "127.0.0.1", "port": 9}], "runpod": runpod}))
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    code = main(["--servers", str(servers), "render", str(wf), "--frames", "1-2", "--output",
+                 str(tmp_path / "o/o.####.png"), "--target", "runpod:H100"], out=io.StringIO())
+    assert code == 2
+    assert "no RunPod endpoint has gpu_class 'H100' (configured: A100, L40)" in capsys.readouterr().err
+    assert first.count("POST", "/run") == 0 and second.count("POST", "/run") == 0
