@@ -18,7 +18,8 @@ from comfy_cluster.emulator.runpod import RunPodEmulator
 from comfy_cluster.errors import TransferError
 from comfy_cluster.ledger import CostLedger
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.runpod import RunPodEndpoint, download_url, redact_url
+from comfy_cluster.bucket import download_url, redact_url
+from comfy_cluster.runpod import RunPodEndpoint
 
 KEY = "rpa_BUCKET_T3ST_9f8e7d6c"
 EID = "ep-bucket"
