@@ -174,7 +174,7 @@ class ServersFile:
                     server.pop(key, None)
                 else:
                     server[key] = value
-            shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+            shown = ", ".join(f"{k}={_shown(k, v)}" for k, v in values.items())
             return f"server {name!r}: {shown}"
         return self._edit(edit)
 
@@ -342,6 +342,13 @@ class ConfigWatcher:
             return False
         self._seen = now
         return True
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value for a message; header values are never echoed (a studio may put a key in one)."""
+    if key == "headers" and isinstance(value, dict):
+        return f"<{len(value)} header(s)>"
+    return "(removed)" if value is None else json.dumps(value)
 
 
 def _name_of(server: Any) -> str:

@@ -260,3 +260,15 @@ def test_a_pool_built_from_a_file_config_re_reads_that_file(tmp_path, state):
         wait_until(lambda: sorted(s.name for s in pool.servers) == ["gpu-01", "gpu-02"], what="gpu-02 added")
     finally:
         pool.close()
+
+
+def test_header_values_never_reach_the_output_or_the_log(tmp_path, state, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "servers.json"
+    path.write_text('[{"name": "gpu-01", "ip": "10.0.0.11", "port": 8188}]')
+    code, out = cli(path, "set", "gpu-01", 'headers={"X-Studio-Key": "s3cr3t-v4lue"}')
+    assert code == 0 and "<1 header(s)>" in out
+    assert doc(path)[0]["headers"] == {"X-Studio-Key": "s3cr3t-v4lue"}
+    assert "s3cr3t-v4lue" not in out and "s3cr3t-v4lue" not in caplog.text
