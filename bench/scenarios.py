@@ -116,6 +116,7 @@ def render(pool: ComfyUIServerPool, frames: int, out: Path, workflow: dict = WOR
            **kw: Any) -> tuple[float, float, run.BatchResult]:
     """(wall seconds, client CPU seconds, result) of one animation_submit of ``frames`` frames."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    kw.setdefault("cache", False)  # every run renders: the result cache would time file copies
     batch = run.animation_submit(workflow, pool=pool, frames=f"1-{frames}", output=out / "f.####.png", **kw)
     result = batch.result(timeout=3600)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0

@@ -6,7 +6,7 @@
     comfy-cluster render WORKFLOW --frames RANGE --input NODE.INPUT=PATTERN --output PATTERN [--chunk N] [--resume]
                          [--job-timeout S] [--wait-for-server S]
     comfy-cluster iterate WORKFLOW --count N [--seed-mode MODE] --output PATTERN
-    comfy-cluster config check
+    comfy-cluster config check|add|remove|set|enable|disable|export|import|backup|restore
     comfy-cluster emulator --port P [--count N] [--seconds-per-job S]
     comfy-cluster demo
 
@@ -32,6 +32,7 @@ from . import __version__
 from .cli_pods import pods_status, register as register_pods
 from .cli_tunnel import register as _register_tunnel
 from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs, capped
+from .estimate import estimate_cmd, estimate_gate
 from .frames import FrameSpec
 from .jobs import BatchEvent
 
@@ -387,8 +388,9 @@ def _summary(res: Any, out: TextIO, seconds: dict[str, list[tuple[float, float]]
         rows.append([server, str(count), _fmt_seconds(run), _fmt_seconds(wait)])
     if rows:
         out.write(_table(rows, ["SERVER", "FRAMES", "AVG RUN", "AVG WAIT"]) + "\n")
-    rendered = len(res.frames) - len(res.skipped)
-    out.write(f"{rendered} frame(s) rendered, {len(res.skipped)} already done, {len(res.failed)} failed, "
+    rendered = len(res.frames) - len(res.skipped) - res.cached
+    cached = f", {res.cached} unchanged, taken from the cache" if res.cached else ""
+    out.write(f"{rendered} frame(s) rendered{cached}, {len(res.skipped)} already done, {len(res.failed)} failed, "
               f"{len(res.cancelled)} cancelled in {_fmt_seconds(res.elapsed)}\n")
     by_error: dict[str, list[int]] = {}
     for frame, err in sorted(res.failed.items()):
@@ -437,10 +439,16 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     wf = _workflow(args.workflow)
     inputs = _assignments(args.input, "input")
     values = _assignments(args.set, "value")
-    return _run_batch(args, out, lambda pool: run.animation_submit(
-        wf, pool=pool, frames=args.frames, inputs=inputs, values=values, output=args.output, chunk=args.chunk,
-        resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout,
-        wait_for_server=_wait_for_server(args)))
+    if args.estimate:
+        return estimate_cmd(args, out, _pool(args))
+
+    def start(pool: Any) -> Any:
+        estimate_gate(args, pool)
+        return run.animation_submit(
+            wf, pool=pool, frames=args.frames, inputs=inputs, values=values, output=args.output, chunk=args.chunk,
+            resume=args.resume, retries=args.retries, target=args.target, job_timeout=args.job_timeout,
+            wait_for_server=_wait_for_server(args), cache=not args.no_cache)
+    return _run_batch(args, out, start)
 
 
 def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
@@ -453,7 +461,8 @@ def cmd_iterate(args: argparse.Namespace, out: TextIO) -> int:
     def start(pool: Any) -> Any:
         batch = run.iteration_submit(wf, pool=pool, count=args.count, output=args.output, seed_mode=args.seed_mode,
                                      inputs=inputs, values=values, retries=args.retries, target=args.target,
-                                     job_timeout=args.job_timeout, wait_for_server=_wait_for_server(args))
+                                     job_timeout=args.job_timeout, wait_for_server=_wait_for_server(args),
+                                     cache=not args.no_cache)
         for iteration, seeds in sorted(batch.seeds.items()):
             log.info("iteration %d seeds: %s", iteration, seeds)
         return batch
@@ -549,6 +558,9 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="PATTERN", help="e.g. /renders/sh010_comfy.####.png")
     p.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per prompt (workflows that batch)")
     p.add_argument("--resume", action="store_true", help="render only frames not done and present on disk")
+    p.add_argument("--no-cache", action="store_true", help="render even frames the result cache holds")
+    p.add_argument("--estimate", action="store_true", help="show where frames would run and the RunPod cost; send nothing")
+    p.add_argument("--force", action="store_true", help="render even when RunPod would pass today's budget")
     p.add_argument("--retries", type=int, default=3)
     p.set_defaults(func=cmd_render)
 
@@ -556,6 +568,7 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
     _add_work_options(p, pattern=True)
     p.add_argument("--count", type=int, required=True, metavar="N")
     p.add_argument("--seed-mode", choices=("random", "increment", "fixed"), default="random")
+    p.add_argument("--no-cache", action="store_true", help="render even frames the result cache holds")
     p.add_argument("--output", required=True, metavar="PATTERN", help="e.g. /renders/look_v{iteration:02d}.png")
     p.add_argument("--retries", type=int, default=3)
     p.set_defaults(func=cmd_iterate)
@@ -563,9 +576,12 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
 
 def _register_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="configuration")
-    group = p.add_subparsers(dest="config_command", metavar="{check}", required=True)
+    group = p.add_subparsers(dest="config_command", metavar="ACTION", required=True, parser_class=_Parser)
     check = group.add_parser("check", help="validate the configuration and try each server")
     check.set_defaults(func=cmd_config_check)
+    from .cli_config import register  # add|remove|set|enable|disable|export|import|backup|restore
+
+    register(group)
 
 
 def _register_emulators(sub: argparse._SubParsersAction) -> None:

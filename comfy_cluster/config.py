@@ -343,6 +343,44 @@ def _cross_field_problems(dir_local: Any, dir_remote: Any, transfer: Any,
     return problems
 
 
+class RunPodEndpointSpec(BaseModel):
+    """One more serverless endpoint (another GPU type) beside the main one; unset fields inherit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint_id: StrictStr
+    gpu_class: Optional[StrictStr] = None
+    price_per_second: Optional[StrictFloat] = None
+    max_concurrent: Optional[StrictInt] = None
+    base_url: Optional[StrictStr] = None
+
+    @field_validator("endpoint_id")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not _ENDPOINT_RE.fullmatch(value):
+            raise ValueError(f"must be letters, digits, '_' or '-', got {_show(value)}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @field_validator("price_per_second")
+    @classmethod
+    def _price(cls, value: float | None) -> float | None:
+        if value is not None:
+            _check_range(value, 0)
+        return value
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _concurrent(cls, value: int | None) -> int | None:
+        if value is not None:
+            _check_range(value, 1)
+        return value
+
+
 class RunPodConfig(BaseModel):
     """The RunPod serverless endpoint and the policy for bursting to it.
 
@@ -366,6 +404,8 @@ class RunPodConfig(BaseModel):
     status_poll_min: StrictFloat = 0.25
     status_poll_max: StrictFloat = 5.0
     lossy_inputs: StrictBool = False       # allow JPEG inputs when a PNG payload passes the 10 MB /run limit
+    gpu_class: Optional[StrictStr] = None  # the main endpoint's GPU type ("A100"), for target="runpod:A100"
+    endpoints: list[RunPodEndpointSpec] = Field(default_factory=list)   # more endpoints, tried in order
 
     @field_validator("endpoint_id")
     @classmethod
@@ -408,9 +448,29 @@ class RunPodConfig(BaseModel):
     def _fill(self) -> RunPodConfig:
         if self.status_poll_max < self.status_poll_min:
             raise ValueError("status_poll_max: must be at least status_poll_min")
+        template = self.base_url
         if "{endpoint_id}" in self.base_url:
             object.__setattr__(self, "base_url", self.base_url.replace("{endpoint_id}", self.endpoint_id))
+        ids = [self.endpoint_id] + [e.endpoint_id for e in self.endpoints]
+        if len(set(ids)) != len(ids):
+            raise ValueError("endpoints: every endpoint_id must be different (the main one included)")
+        for index, spec in enumerate(self.endpoints):
+            if spec.base_url is None and "{endpoint_id}" not in template:
+                raise ValueError(f"endpoints[{index}].base_url: required when base_url has no {{endpoint_id}}")
+        object.__setattr__(self, "_template", template)
         return self
+
+    def endpoint_configs(self) -> list[RunPodConfig]:
+        """The main endpoint, then every entry of ``endpoints``, each as a full config (fields inherited)."""
+        template = getattr(self, "_template", self.base_url)
+        out = [self]
+        for spec in self.endpoints:
+            out.append(self.model_copy(update={
+                "endpoint_id": spec.endpoint_id, "gpu_class": spec.gpu_class, "endpoints": [],
+                "base_url": spec.base_url or template.replace("{endpoint_id}", spec.endpoint_id),
+                "price_per_second": self.price_per_second if spec.price_per_second is None else spec.price_per_second,
+                "max_concurrent": self.max_concurrent if spec.max_concurrent is None else spec.max_concurrent}))
+        return out
 
     def api_key(self, environ: Mapping[str, str] = os.environ) -> str:
         """The API key from ``api_key_env``; ``ConfigError`` naming the variable if unset."""

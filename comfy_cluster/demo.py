@@ -67,7 +67,7 @@ def _render(servers: list[tuple[str, int]], *, frames: str, plates: str, output:
         pool.update_all_server_status()
         started = time.monotonic()
         batch = run.animation_submit(DEMO_WORKFLOW, pool=pool, frames=frames, inputs={"Plate.image": plates},
-                                     output=output, job_timeout=60)
+                                     output=output, job_timeout=60, cache=False)  # the demo times rendering
         result = batch.result(timeout=300)
         return result, time.monotonic() - started
 
@@ -94,7 +94,7 @@ def _burst(servers: list[tuple[str, int]], *, frames: str, plates: str, output: 
             pool.update_all_server_status()
             started = time.monotonic()
             batch = run.animation_submit(DEMO_WORKFLOW, pool=pool, frames=frames, inputs={"Plate.image": plates},
-                                         output=output, job_timeout=60)
+                                         output=output, job_timeout=60, cache=False)
             result = batch.result(timeout=300)
             return result, time.monotonic() - started, ledger.spend_for_batch(batch.batch_id)
     finally:

@@ -180,6 +180,10 @@ class TunnelError(ServerUnavailable):
         self.field = field
 
 
+class Throttled(ServerUnavailable):
+    """A RunPod endpoint answered 429 or has no worker capacity: send the job to the next endpoint."""
+
+
 class BudgetExceeded(ServerUnavailable):
     """The next RunPod job would pass the daily budget. Nothing was sent: the work runs locally or waits."""
 
@@ -199,6 +203,7 @@ __all__ = [
     "ProtocolError",
     "ServerTimeout",
     "ServerUnavailable",
+    "Throttled",
     "TransferError",
     "TunnelError",
     "WorkflowError",

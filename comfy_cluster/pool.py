@@ -35,7 +35,8 @@ from typing import Any, Callable, Iterable, Mapping
 from .backend import Backend
 from .comfy_api import Timeouts
 from .config import ClusterConfig, ServerConfig, load_config, load_config_file
-from .errors import MissingNodes, capped
+from .config_edit import ConfigWatcher
+from .errors import ComfyClusterError, MissingNodes, capped
 from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerState, ServerStatus
 from .transfer import UploadCache
 
@@ -202,6 +203,7 @@ class ComfyUIServerPool:
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
         reload: Callable[[], ClusterConfig] | None = None,
+        config_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.client_id = client_id or uuid.uuid4().hex
         self.runpod = runpod
@@ -214,6 +216,10 @@ class ComfyUIServerPool:
         self._environ = environ
         self._clock = clock
         self._reload = reload
+        #: the servers file this pool was built from; edits to it are picked up by the monitor
+        self.config_path = config_path
+        self._watcher = (ConfigWatcher(config_path, interval=self.poll_interval, clock=clock)
+                         if config_path is not None else None)
         self._workers = max(1, workers)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -222,6 +228,7 @@ class ComfyUIServerPool:
         self._rr = 0
         self._runpod_leases = 0
         self.autoscaler: Any = None   # the pod tier (comfy_cluster.autoscale), when configured
+        self._class_leases: dict[str, int] = {}   # leases per "runpod:CLASS" view of a RunPod group
         self._events = _EventDispatcher()
         # monitor
         self._due: list[tuple[float, int, str]] = []
@@ -240,10 +247,14 @@ class ComfyUIServerPool:
     def from_config(cls, cfg: ClusterConfig, **kw: Any) -> ComfyUIServerPool:
         """The pool of a configuration, with its RunPod endpoint when one is configured and enabled."""
         kw.setdefault("poll_interval", cfg.poll_interval)
+        if cfg.source.startswith("@"):  # a servers file: watched, so an edit reaches the running pool
+            path, environ = cfg.source[1:], kw.get("environ", os.environ)
+            kw.setdefault("config_path", path)
+            kw.setdefault("reload", lambda: load_config_file(path, environ=environ))
         if "runpod" not in kw and cfg.runpod is not None and cfg.runpod.enabled:
-            from .runpod import RunPodEndpoint  # the RunPod tier is optional: only built when configured
+            from .runpod_group import runpod_backend  # the RunPod tier is optional: only built when configured
 
-            kw["runpod"] = RunPodEndpoint(cfg.runpod, environ=kw.get("environ", os.environ))
+            kw["runpod"] = runpod_backend(cfg.runpod, environ=kw.get("environ", os.environ))
         pool = cls(cfg.servers, **kw)
         if cfg.pods is not None and cfg.pods.enabled:
             from .autoscale import Autoscaler  # the pod tier is optional: only built when configured
@@ -440,6 +451,9 @@ class ComfyUIServerPool:
         server whose slots are full would still finish the prompt sooner: at the tail, the
         last frame on an idle slow GPU is what makes the whole render late.
         """
+        gpu_class = None
+        if target is not None and target.startswith("runpod:"):  # "runpod:A100": endpoints of that GPU class
+            target, gpu_class = "runpod", target.partition(":")[2]
         scope = self._scope(target)
         runpod = self.runpod if (self.runpod is not None and target in (None, "auto", "runpod")
                                  and self.runpod.name not in exclude) else None
@@ -447,7 +461,9 @@ class ComfyUIServerPool:
         if target == "runpod":
             if self.runpod is None:
                 raise ValueError("target 'runpod': no RunPod endpoint is configured")
-            return runpod if runpod_ok and self._runpod_free() else None
+            if gpu_class and runpod is not None:
+                runpod = runpod.for_gpu_class(gpu_class)
+            return runpod if runpod_ok and self._runpod_free(runpod) else None
         self._check_capable(scope, classes, runpod_ok)
         default = self._default_seconds()
         ready = [s for s in scope if s.name not in exclude and s.is_available(classes)]
@@ -466,9 +482,11 @@ class ComfyUIServerPool:
             return runpod
         return best
 
-    def _runpod_free(self) -> bool:
+    def _runpod_free(self, runpod: Any = None) -> bool:
         """RunPod counts a job from its own submit; our leases count from selection, so both must fit."""
-        return self._runpod_leases < self.runpod.max_queue and self.runpod.has_free_slot()
+        runpod = runpod if runpod is not None else self.runpod
+        view_ok = runpod is self.runpod or self._class_leases.get(runpod.name, 0) < runpod.max_queue
+        return self._runpod_leases < self.runpod.max_queue and view_ok and runpod.has_free_slot()
 
     def get_available_server(self, strategy: Strategy | str = Strategy.LEAST_LOADED,
                              workflow: Any = None) -> ComfyUIServer | None:
@@ -500,6 +518,8 @@ class ComfyUIServerPool:
                 backend.reserve()
             else:
                 self._runpod_leases += 1
+                if backend is not self.runpod:
+                    self._class_leases[backend.name] = self._class_leases.get(backend.name, 0) + 1
             self._changed()
         return Lease(self, backend)
 
@@ -513,6 +533,8 @@ class ComfyUIServerPool:
                 backend.unreserve()
             else:
                 self._runpod_leases -= 1
+                if backend is not self.runpod:
+                    self._class_leases[backend.name] -= 1
             backend.record_result(seconds, ok)
             retired = isinstance(backend, ComfyUIServer) and self._servers.get(backend.name) is not backend
             self._changed()
@@ -632,7 +654,11 @@ class ComfyUIServerPool:
                     if self._due and self._due[0][0] <= now:
                         break
                     timeout = self._due[0][0] - now if self._due else None
+                    if self._watcher is not None:
+                        timeout = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
                     self._cond.wait(timeout)
+                    if self._watcher is not None:
+                        break
                 if self._stopping.is_set():
                     return
                 batch = []
@@ -647,8 +673,20 @@ class ComfyUIServerPool:
                 executor = self._executor
             if executor is None:
                 return
+            if self._watcher is not None and self._watcher.changed():
+                executor.submit(self._reload_edited_file)
             for server in batch:
                 executor.submit(self._probe_and_reschedule, server)
+
+    def _reload_edited_file(self) -> None:
+        """The servers file changed on disk (the editor, the panel, by hand): take it in."""
+        try:
+            self.load_configuration()
+        except ComfyClusterError as err:  # a hand edit gone wrong keeps the running servers
+            log.warning("servers file %s changed but cannot be used, keeping the current servers: %s",
+                        self.config_path, err)
+        else:
+            log.info("servers file %s changed: configuration reloaded", self.config_path)
 
     def _probe_and_reschedule(self, server: ComfyUIServer) -> None:
         started = self._clock()

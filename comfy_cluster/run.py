@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 from .backend import OutputRef, PromptRequest, PromptResult
+from .cache import CACHE_BACKEND, ResultCache, kinds_for
 from .errors import (
     Cancelled,
     ComfyClusterError,
@@ -139,6 +140,11 @@ class BatchResult:
     def ok(self) -> bool:
         return not self.failed and not self.cancelled
 
+    @property
+    def cached(self) -> int:
+        """Frames not rendered because the result cache held an identical render."""
+        return self.by_server.get(CACHE_BACKEND, 0)
+
 
 # --------------------------------------------------------------------------- output naming
 
@@ -217,7 +223,8 @@ class Batch:
                  retries: int = 3, target: str | None = None, strategy: str = "least_loaded",
                  job_timeout: float | None = None, on_event: EventHandler | None = None,
                  skipped: Mapping[int, list[Path]] | None = None, clock: Callable[[], float] = time.monotonic,
-                 max_workers: int | None = None, wait_for_server: float = WAIT_FOR_SERVER) -> None:
+                 max_workers: int | None = None, wait_for_server: float = WAIT_FOR_SERVER,
+                 cache: ResultCache | None = None) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.batch_id = journal.header.batch_id if journal else uuid.uuid4().hex[:12]
@@ -235,6 +242,8 @@ class Batch:
         self._clock = clock
         self._rotation = Rotation(target=self._target, wait_for_server=wait_for_server, clock=clock)
         self._skipped = dict(skipped or {})
+        self._cache = cache
+        self._cache_checked: set[int] = set()
         #: iteration_submit: the seeds of each iteration, {iteration: {"node.input": value}}
         self.seeds: dict[int, dict[str, Any]] = {}
         self._callbacks: list[EventHandler] = [on_event] if on_event else []
@@ -356,6 +365,8 @@ class Batch:
                     if not self._pending and (not self._active or self._cancel.is_set()):
                         break
                     candidates = self._candidates()
+                if self._from_cache(candidates[0]):
+                    continue
                 try:
                     leased = self._lease(candidates)
                 except MissingNodes as err:
@@ -506,7 +517,26 @@ class Batch:
             self._attempt_failed(task, attempt, err)
             return
         attempt.ended = self._clock()
+        if self._cache is not None:
+            self._cache.store(request, files, kind=backend.kind, run=self.run_id)
         self._finish_done(task, attempt, files, result)
+
+    def _from_cache(self, task: FrameTask) -> bool:
+        """Serve a fresh task from the result cache (no slot needed); True when it was."""
+        if self._cache is None or task.attempts or task.key in self._cache_checked:
+            return False
+        self._cache_checked.add(task.key)
+        request = self._build_request(task, 1, uuid.uuid4().hex, None)
+        files = self._cache.restore(request, task.frames, self._plan.names,
+                                    kinds_for(self._pool.backends, self._target), run=self.run_id)
+        with self._cond:
+            if files is None or task.state is not JobState.QUEUED or task not in self._pending:
+                return False
+            self._pending.remove(task)
+            attempt = task.start_attempt(CACHE_BACKEND, request.prompt_id, self._clock())
+        attempt.ended = attempt.started
+        self._finish_done(task, attempt, files, PromptResult(request.prompt_id, CACHE_BACKEND, [], 0.0))
+        return True
 
     def _build_request(self, task: FrameTask, number: int, prompt_id: str, backend: Any) -> PromptRequest:
         plan = self._plan
@@ -802,7 +832,7 @@ def animation_submit(workflow: WorkflowLike, *, pool: _Pool, frames: str | Frame
                      chunk: int = 1, resume: bool = False, retries: int = 3, target: str | None = None,
                      job_timeout: float | None = None, strategy: str = "least_loaded",
                      on_event: EventHandler | None = None, journal: bool = True,
-                     wait_for_server: float = WAIT_FOR_SERVER) -> Batch:
+                     wait_for_server: float = WAIT_FOR_SERVER, cache: bool | ResultCache = True) -> Batch:
     """Render a frame sequence over the whole cluster, one prompt per frame (or per
     ``chunk`` frames when the workflow renders a batch), written to ``output``'s frame names.
 
@@ -814,6 +844,8 @@ def animation_submit(workflow: WorkflowLike, *, pool: _Pool, frames: str | Frame
     as done and whose files are still on disk. While no backend can take work at all (every
     server down, RunPod not configured or over budget) the batch waits ``wait_for_server``
     seconds (``Batch.blocked`` says why), then fails the unsent frames with ``NoBackendAvailable``.
+    ``cache=False`` renders every frame even when the result cache holds an identical render
+    (``--no-cache``).
     """
     spec = _frame_spec(frames)
     pattern = FramePattern.parse(os.fspath(output))
@@ -830,14 +862,15 @@ def animation_submit(workflow: WorkflowLike, *, pool: _Pool, frames: str | Frame
                  classes=wf.class_types(), digest=digest)
     return _start_batch(pool, plan, spec, output=str(pattern), chunk=chunk, resume=resume, retries=retries,
                         target=target, job_timeout=job_timeout, strategy=strategy, on_event=on_event,
-                        use_journal=journal, wait_for_server=wait_for_server)
+                        use_journal=journal, wait_for_server=wait_for_server, cache=cache)
 
 
 def iteration_submit(workflow: WorkflowLike, *, pool: _Pool, count: int, output: PathLike,
                      seed_mode: str = "random", inputs: Mapping[str, PathLike] | None = None,
                      values: Mapping[str, Any] | None = None, retries: int = 3, target: str | None = None,
                      job_timeout: float | None = None, strategy: str = "least_loaded",
-                     on_event: EventHandler | None = None, wait_for_server: float = WAIT_FOR_SERVER) -> Batch:
+                     on_event: EventHandler | None = None, wait_for_server: float = WAIT_FOR_SERVER,
+                     cache: bool | ResultCache = True) -> Batch:
     """Render ``count`` variations of one workflow in parallel, iterations numbered 1..count.
 
     Every seed-like input differs per iteration (``seed_mode`` "random" or "increment");
@@ -877,14 +910,15 @@ def iteration_submit(workflow: WorkflowLike, *, pool: _Pool, count: int, output:
                  digest=_digest(wf, bound, seeds, 1), noun="iteration", per_frame_workflows=per_iteration)
     batch = _start_batch(pool, plan, FrameSpec.from_range(1, count), output=text, chunk=1, resume=False,
                          retries=retries, target=target, job_timeout=job_timeout, strategy=strategy,
-                         on_event=on_event, use_journal=True, wait_for_server=wait_for_server)
+                         on_event=on_event, use_journal=True, wait_for_server=wait_for_server, cache=cache)
     batch.seeds = seeds
     return batch
 
 
 def _start_batch(pool: _Pool, plan: _Plan, spec: FrameSpec, *, output: str, chunk: int, resume: bool,
                  retries: int, target: str | None, job_timeout: float | None, strategy: str,
-                 on_event: EventHandler | None, use_journal: bool, wait_for_server: float) -> Batch:
+                 on_event: EventHandler | None, use_journal: bool, wait_for_server: float,
+                 cache: bool | ResultCache = False) -> Batch:
     groups = [tuple(c.frames) for c in spec.chunks(chunk)]
     journal = None
     skipped: dict[int, list[Path]] = {}
@@ -908,7 +942,8 @@ def _start_batch(pool: _Pool, plan: _Plan, spec: FrameSpec, *, output: str, chun
         log.info("resuming: %d of %d frames already done, rendering %d", len(skipped), len(spec),
                  sum(len(t.frames) for t in tasks))
     batch = Batch(pool, plan, tasks, journal=journal, retries=retries, target=target, strategy=strategy,
-                  job_timeout=job_timeout, on_event=on_event, skipped=skipped, wait_for_server=wait_for_server)
+                  job_timeout=job_timeout, on_event=on_event, skipped=skipped, wait_for_server=wait_for_server,
+                  cache=ResultCache() if cache is True else (cache or None))
     return batch.start()
 
 

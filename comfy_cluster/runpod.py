@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 import requests
 
 from .backend import EventCallback, OutputRef, PromptRequest, PromptResult
+from .bucket import MAX_URL_OUTPUT_BYTES, download_url
 from .config import RunPodConfig
 from .errors import (
     BudgetExceeded,
@@ -44,6 +45,7 @@ from .errors import (
     ProtocolError,
     ServerTimeout,
     ServerUnavailable,
+    Throttled,
     TransferError,
     WorkflowRejected,
 )
@@ -342,6 +344,8 @@ class RunPodEndpoint:
         self.default_job_seconds = default_job_seconds
         self.lossy_inputs = config.lossy_inputs if lossy_inputs is None else lossy_inputs
         self.payload_limit = payload_limit
+        #: the largest output fetched from a bucket URL (worker-comfyui with BUCKET_ENDPOINT_URL)
+        self.max_output_bytes = MAX_URL_OUTPUT_BYTES
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -415,6 +419,13 @@ class RunPodEndpoint:
 
     def is_available(self, classes: frozenset[str] | None = None) -> bool:
         return self.state in (ServerState.ONLINE, ServerState.BOOTING) and self.has_free_slot()
+
+    def for_gpu_class(self, gpu_class: str) -> RunPodEndpoint:
+        """This endpoint when its ``gpu_class`` is ``gpu_class`` (``target="runpod:A100"``), else ValueError."""
+        if (self.config.gpu_class or "").lower() != gpu_class.lower():
+            raise ValueError(f"target 'runpod:{gpu_class}': no RunPod endpoint has gpu_class {gpu_class!r} "
+                             f"(configured: {self.config.gpu_class or 'none'})")
+        return self
 
     def missing_classes(self, classes: frozenset[str]) -> frozenset[str]:
         """RunPod does not list a worker's node classes; a missing one shows up as a failed job."""
@@ -547,15 +558,17 @@ class RunPodEndpoint:
             raise ServerUnavailable(f"{what}: HTTP 404, RunPod endpoint '{self.endpoint_id}' not found at "
                                     f"{self.base_url}; check {ENDPOINT_ID_ENV}", server=self.name)
         if resp.status_code == 429:
-            raise ServerUnavailable(f"{what}: still rate limited (HTTP 429) after retries", server=self.name)
+            raise Throttled(f"{what}: still rate limited (HTTP 429) after retries", server=self.name)
         if resp.status_code >= 400:
             raise ServerUnavailable(f"{what}: HTTP {resp.status_code} {resp.text[:200]!r}", server=self.name)
 
     def _call(self, method: str, path: str, *, body: Any = None, cancel: threading.Event | None = None,
-              job_id: str | None = None, retry_connection: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+              job_id: str | None = None, retry_connection: bool = True, timeout: float = 30.0,
+              attempts: int = 5) -> dict[str, Any]:
         what = f"RunPod endpoint '{self.name}': {method} {path}"
         resp = send_with_retry(self.session, method, self.base_url + path, what=what, timeout=timeout,
-                               json_body=body, cancel=cancel, retry_connection=retry_connection, server=self.name)
+                               json_body=body, cancel=cancel, retry_connection=retry_connection, server=self.name,
+                               attempts=attempts)
         self._check_response(resp, what, job_id=job_id)
         data = json_of(resp, what)
         if not isinstance(data, dict):
@@ -564,7 +577,7 @@ class RunPodEndpoint:
 
     # ----------------------------------------------------------- running a prompt
     def run_prompt(self, request: PromptRequest, *, on_event: EventCallback, cancel: threading.Event,
-                   batch_id: str | None = None) -> PromptResult:
+                   batch_id: str | None = None, submit_attempts: int = 5) -> PromptResult:
         """Run ``request`` on the endpoint. The ledger's batch is ``batch_id``, else
         ``request.batch_id``, else ``request.label``.
 
@@ -583,18 +596,19 @@ class RunPodEndpoint:
             self._in_flight += 1
         batch = batch_id if batch_id is not None else (request.batch_id or request.label)
         try:
-            return self._run(request, payload, on_event=on_event, cancel=cancel, batch=batch)
+            return self._run(request, payload, on_event=on_event, cancel=cancel, batch=batch,
+                             submit_attempts=submit_attempts)
         finally:
             with self._lock:
                 self._in_flight -= 1
 
     def _run(self, request: PromptRequest, payload: Payload, *, on_event: EventCallback,
-             cancel: threading.Event, batch: str) -> PromptResult:
+             cancel: threading.Event, batch: str, submit_attempts: int = 5) -> PromptResult:
         start = self._clock()
         deadline = start + request.timeout
         label = request.label or request.prompt_id
         submitted = self._call("POST", "/run", body=payload.body, cancel=cancel, retry_connection=False,
-                               timeout=120.0)
+                               timeout=120.0, attempts=submit_attempts)
         job_id = str(submitted.get("id") or "")
         if not job_id:
             raise ProtocolError(f"RunPod endpoint '{self.name}': POST /run answered without a job id",
@@ -712,16 +726,8 @@ class RunPodEndpoint:
             name = _safe_filename(filename or url.split("?", 1)[0].rsplit("/", 1)[-1], index)
 
             def fetch(dest: Path) -> None:
-                # A presigned URL: fetched without our session, so the API key never goes to S3.
-                try:
-                    with requests.get(url, timeout=(3.05, 120.0), stream=True) as resp:
-                        resp.raise_for_status()
-                        with open(dest, "wb") as fh:
-                            for chunk in resp.iter_content(1 << 16):
-                                fh.write(chunk)
-                except requests.RequestException as err:
-                    raise TransferError(f"{where}: fetching output {name} from S3 failed: "
-                                        f"{type(err).__name__}", server=self.name) from err
+                download_url(url, Path(dest), what=f"{where}: output {name}", limit=self.max_output_bytes,
+                             server=self.name)
             return OutputRef(filename=name, node_id="", index=index, fetch=fetch)
         raw = _b64(data, where)
         name = _safe_filename(filename, index, raw)

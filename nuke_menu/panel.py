@@ -73,6 +73,9 @@ class StatusPanel(QtWidgets.QWidget):
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
         layout.addWidget(self.table, 1)
+        self.servers_button = QtWidgets.QPushButton("Edit servers...")
+        self.servers_button.clicked.connect(self.open_servers_editor)
+        layout.addWidget(self.servers_button)
 
         self.runpod_box = QtWidgets.QGroupBox("RunPod")
         grid = QtWidgets.QGridLayout(self.runpod_box)
@@ -259,6 +262,14 @@ class StatusPanel(QtWidgets.QWidget):
         pool = self.pool
         self._background("always_on", "RunPod always-on worker",
                          lambda: self._note(core.set_always_on(pool, on)))
+
+    def open_servers_editor(self) -> Any:
+        """The servers editor on the file the pool watches (add, remove, priority, enable, import, export)."""
+        from .config_dialog import ConfigDialog
+
+        self.servers_dialog = ConfigDialog(self, path=getattr(self.pool, "config_path", None))
+        self.servers_dialog.show()
+        return self.servers_dialog
 
     # -- reading back (tests, tooltips) ----------------------------------------------------------
 

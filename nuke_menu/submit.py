@@ -200,6 +200,19 @@ class Submission:
             return [f"configuration: {err}"]
         return [problem] if problem else []
 
+    def budget_ok(self) -> bool:
+        """Ask first when the render would pass today's RunPod budget (reads caches and the ledger only)."""
+        from comfy_cluster.estimate import estimate_render
+
+        st = self.settings
+        prompts = st.iterations if st.mode is s.Mode.ITERATIONS else len(list(st.frames.chunks(max(1, st.chunk))))
+        try:
+            est = estimate_render(self.pool, prompts, target=st.target_arg)
+        except ValueError as err:  # a GPU class no endpoint has
+            _tell(f"{st.node}: {err}")
+            return False
+        return not est.over_budget or bool(nuke.ask(f"{st.node}: {est}\n\nRender anyway?"))
+
     # -- 2. inputs (main thread) -------------------------------------------------------------
 
     def render_inputs(self) -> None:
@@ -368,6 +381,9 @@ def submit_nodes(nodes: Iterable[nuke.Node], *, pool: Any = None, wait: bool | N
             reads.mark(node, True, f"not submitted: {len(problems)} problem(s)")
             continue
         pool = submission.pool
+        if not submission.budget_ok():
+            reads.mark(node, True, "not submitted: over today's RunPod budget")
+            continue
         try:
             submission.render_inputs()
         except ComfyClusterError as err:

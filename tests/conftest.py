@@ -14,11 +14,13 @@ _PROXY_VARS = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A studio machine's own settings (and its proxies) must never leak into a test."""
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A studio machine's own settings (and its proxies) must never leak into a test, nor one
+    test's state (RunPod ledger, result cache, config backups) into another: each test gets its own state dir."""
     for key in list(os.environ):
         if key.startswith(_PREFIXES) or key.lower() in _PROXY_VARS:
             monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture

@@ -471,11 +471,13 @@ def test_resume_renders_only_what_is_missing(tmp_path):
     out = str(tmp_path / "o.####.png")
     broken = FakeBackend("a", behaviour=_fail_frames({3, 5}, lambda n, r: WorkflowRejected(
         f"frame-specific problem {_frame_of(r)}", server=n)))
-    first = run.animation_submit(WORKFLOW, pool=FakePool(broken), frames="1-6", output=out).result(30)
+    # every frame is the same render here: the result cache would serve them, and resume is under test
+    first = run.animation_submit(WORKFLOW, pool=FakePool(broken), frames="1-6", output=out, cache=False).result(30)
     assert set(first.failed) == {3, 5}
     (tmp_path / "o.0006.png").unlink()  # an artist deleted a frame since
     fixed = FakeBackend("b")
-    second = run.animation_submit(WORKFLOW, pool=FakePool(fixed), frames="1-6", output=out, resume=True).result(30)
+    second = run.animation_submit(WORKFLOW, pool=FakePool(fixed), frames="1-6", output=out, resume=True,
+                                  cache=False).result(30)
     assert second.ok
     assert sorted(_frame_of(r) for r in fixed.requests) == [3, 5, 6]
     assert second.skipped == [1, 2, 4]

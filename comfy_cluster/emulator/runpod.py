@@ -293,7 +293,7 @@ class RunPodEmulator:
         r.add_patch("/v1/endpoints/{eid}", self._v1_patch)
         r.add_post("/v1/endpoints/{eid}/update", self._v1_patch)
         r.add_post("/graphql", self._graphql)
-        r.add_get("/_s3/{key}", self._s3_get)
+        r.add_get("/_s3/{key:.+}", self._s3_get)
         r.add_post("/_emulator/knobs", self._knobs)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -619,9 +619,12 @@ class RunPodEmulator:
         k = self.knobs
 
         def stored(filename: str, data: bytes) -> str:
-            key = f"{job.id}-{uuid.uuid4().hex[:8]}-{filename}"
+            # rp_upload.upload_image: bucket "%m-%y", key "<job id>/<uuid[:8]><ext>", a 7-day presigned GET
+            key = f"{time.strftime('%m-%y')}/{job.id}/{uuid.uuid4().hex[:8]}{os.path.splitext(filename)[1]}"
             self.s3[key] = data
-            return f"{self.url}/_s3/{key}?X-Amz-Signature={uuid.uuid4().hex}"
+            return (f"{self.url}/_s3/{key}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=EMUKEY%2F"
+                    f"{time.strftime('%Y%m%d')}%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date={time.strftime('%Y%m%dT%H%M%SZ')}"
+                    f"&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature={uuid.uuid4().hex}")
         if k.output_format == "legacy":
             if job.fault == "completed_error_next" or not found:
                 return {"status": "error", "message": "the image does not exist in the specified output folder"}

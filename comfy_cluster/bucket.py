@@ -1,0 +1,84 @@
+"""Outputs from a bucket: worker-comfyui with ``BUCKET_ENDPOINT_URL`` set uploads each image
+with ``rp_upload.upload_image`` and answers a presigned GET URL (``{"type": "s3_url", "data": url}``)
+instead of base64.
+
+The URL is fetched streamed, without the RunPod session (the API key never goes to the
+bucket), with connect/read timeouts and a size cap. Its query string is the signature and
+the access key id: no message shows it (``redact_url``), and a filter on urllib3's
+connection-pool logger cuts it from the request lines urllib3 logs at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from .errors import TransferError
+
+log = logging.getLogger(__name__)
+
+#: Bucket outputs bigger than this are refused (a 16k EXR is ~1.5 GB; nothing sane is bigger).
+MAX_URL_OUTPUT_BYTES = 2 * 1024 ** 3
+
+
+def redact_url(url: str) -> str:
+    """A presigned URL without its query (the signature) or credentials, fit for a message."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+_SIGNED_MARKERS = ("signature", "x-amz-", "credential", "token", "sig=")
+
+
+class _PresignedQueryFilter(logging.Filter):
+    """Cuts a presigned query off the paths urllib3 logs at DEBUG ("GET /key?X-Amz-Signature=...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_cut_signed_query(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _cut_signed_query(text: str) -> str:
+    path, sep, query = text.partition("?")
+    return f"{path}?<redacted>" if sep and any(m in query.lower() for m in _SIGNED_MARKERS) else text
+
+
+#: urllib3 logs every request line at DEBUG; a bucket URL's signature must not reach a log file.
+logging.getLogger("urllib3.connectionpool").addFilter(_PresignedQueryFilter())
+
+
+def download_url(url: str, dest: Path, *, what: str, limit: int, server: str, timeout: float = 120.0) -> int:
+    """Stream a bucket URL to ``dest``: size-capped, with connect/read timeouts, and messages
+    that show the URL without its signature. Fetched without our session, so the API key
+    never goes to the bucket. Returns the bytes written."""
+    shown = redact_url(url)
+    written = 0
+    try:
+        with requests.get(url, timeout=(3.05, timeout), stream=True) as resp:
+            if resp.status_code >= 400:
+                raise TransferError(f"{what}: GET {shown} answered HTTP {resp.status_code} (an expired or "
+                                    "revoked presigned URL answers 403)", server=server)
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise TransferError(f"{what}: {shown} is {int(declared)} bytes, over the {limit}-byte limit; "
+                                    "not downloaded", server=server)
+            with open(dest, "wb") as fh:
+                for chunk in resp.iter_content(1 << 16):
+                    written += len(chunk)
+                    if written > limit:
+                        raise TransferError(f"{what}: {shown} passed the {limit}-byte limit while "
+                                            "downloading; stopped", server=server)
+                    fh.write(chunk)
+    except requests.RequestException as err:
+        raise TransferError(f"{what}: fetching {shown} failed: {type(err).__name__}", server=server) from None
+    log.debug("%s: %d bytes from %s", what, written, shown)
+    return written
+
+
+__all__ = ["MAX_URL_OUTPUT_BYTES", "download_url", "redact_url"]
