@@ -52,6 +52,9 @@ MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "dif
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 FAKE_VRAM = 24 * 1024**3
 SLEEP_SLICE = 0.02
+OOM_TYPE = "torch.OutOfMemoryError"  # full_type_name(torch.cuda.OutOfMemoryError)
+OOM_TIPS = ("This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might "
+            "have accidentally set the batch_size to a large number.")
 BINARY_TEXT = 3
 
 
@@ -62,6 +65,7 @@ class Faults:
     http_500: bool = False
     delay_s: float = 0.0
     hang: bool = False
+    hang_node: str | None = None
     fail_node: str | None = None
     fail_exception_type: str = "RuntimeError"
     fail_message: str = "emulated failure"
@@ -391,7 +395,12 @@ class Executor:
         return sigs
 
     @staticmethod
-    def _order(prompt: dict, outputs: Iterable[str]) -> list[str]:
+    def _order(prompt: dict, outputs: Iterable[str], cached: set[str]) -> list[str]:
+        """Like ``ExecutionList.add_node``: the outputs and their uncached ancestors, inputs first.
+
+        A cached node's inputs are not visited at all; a cached output is visited (to re-send
+        its ``executed``), a cached intermediate node only through that output's cache.
+        """
         order: list[str] = []
         seen: set[str] = set()
 
@@ -399,9 +408,10 @@ class Executor:
             if node_id in seen:
                 return
             seen.add(node_id)
-            for value in prompt[node_id]["inputs"].values():
-                if isinstance(value, list) and len(value) == 2 and value[0] in prompt:
-                    visit(value[0])
+            if node_id not in cached:
+                for value in prompt[node_id]["inputs"].values():
+                    if isinstance(value, list) and len(value) == 2 and value[0] in prompt and value[0] not in cached:
+                        visit(value[0])
             order.append(node_id)
 
         for out in outputs:
@@ -428,12 +438,11 @@ class Executor:
         wanted = set(sigs.values())
         self.cache = {k: v for k, v in self.cache.items() if k in wanted}
         cached = [node_id for node_id in prompt if sigs[node_id] in self.cache]
-        current_outputs = list(cached)
         add_message("execution_cached", {"nodes": cached, "prompt_id": prompt_id}, False)
-        order = self._order(prompt, outputs)
+        order = self._order(prompt, outputs, set(cached))
         to_run = [n for n in order if sigs[n] not in self.cache]
         job_slice = server.faults.seconds_per_job / max(len(to_run), 1)
-        results: dict[str, tuple] = {}
+        results: dict[str, tuple] = {node_id: self.cache[sigs[node_id]].outputs for node_id in cached}
         ui_outputs: dict[str, dict] = {}
         executed: list[str] = []
         progress: dict[str, dict] = {}
@@ -441,7 +450,7 @@ class Executor:
         try:
             if server.faults.die_mid_job:
                 server.die()
-            self._hang_while_faulted()
+            self._hang_while_faulted(None, None)
             if not to_run:
                 self._gpu_sleep(server.faults.seconds_per_job)
             for node_id in order:
@@ -449,13 +458,14 @@ class Executor:
                 class_type = node["class_type"]
                 entry = self.cache.get(sigs[node_id])
                 if entry is not None:
-                    results[node_id] = entry.outputs
-                    self._progress(progress, node_id, prompt_id, "finished", client_id)
+                    # execution.execute's cache hit: "executed" (output None without a ui), then a
+                    # progress entry that never ran (ints: ensure_entry's value=0, max=1).
                     if entry.ui is not None:
                         ui_outputs[node_id] = entry.ui
-                        if client_id is not None:
-                            server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
-                                                          "prompt_id": prompt_id}, client_id)
+                    if client_id is not None:
+                        server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
+                                                      "prompt_id": prompt_id}, client_id)
+                    self._progress(progress, node_id, prompt_id, "finished", client_id, ran=False)
                     continue
                 self._check_interrupt()
                 self._progress(progress, node_id, prompt_id, "running", client_id)
@@ -463,6 +473,7 @@ class Executor:
                     server.last_node_id = node_id
                     server.send_sync("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, client_id)
                 self._gpu_sleep(job_slice + server.faults.seconds_per_node)
+                self._hang_while_faulted(node_id, class_type)
                 faults = server.faults
                 if faults.fail_node is not None and faults.fail_node in (node_id, class_type):
                     raise EmulatedNodeError(faults.fail_exception_type, faults.fail_message)
@@ -476,12 +487,12 @@ class Executor:
                 self.cache[sigs[node_id]] = _CacheEntry(result.outputs, ui)
                 results[node_id] = result.outputs
                 executed.append(node_id)
-                self._progress(progress, node_id, prompt_id, "finished", client_id)
                 if ui is not None:
                     ui_outputs[node_id] = ui
                     if client_id is not None:
                         server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                                       "prompt_id": prompt_id}, client_id)
+                self._progress(progress, node_id, prompt_id, "finished", client_id)
         except Interrupted:
             add_message("execution_interrupted", {"prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
                                                   "executed": executed}, True)
@@ -489,11 +500,15 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - a node failure is reported, never raised
             log.debug("node %s (%s) failed: %s", node_id, class_type, exc)
             current = self._inputs(prompt, node_id, results, formatted=True) if node_id else {}
+            # exception_message is "{ex}\n{tips}" (tips only for OOM); current_outputs is every
+            # node id of the prompt (the output cache's key set), not what was cached.
+            type_name = _type_name(exc)
+            tips = OOM_TIPS if type_name == OOM_TYPE else ""
             add_message("execution_error", {
                 "prompt_id": prompt_id, "node_id": node_id, "node_type": class_type, "executed": executed,
-                "exception_message": str(exc), "exception_type": _type_name(exc),
+                "exception_message": f"{exc}\n{tips}", "exception_type": type_name,
                 "traceback": traceback.format_tb(exc.__traceback__), "current_inputs": current,
-                "current_outputs": current_outputs}, False)
+                "current_outputs": list(prompt)}, False)
             return False, self._history(prompt, ui_outputs), messages
         add_message("execution_success", {"prompt_id": prompt_id}, False)
         return True, self._history(prompt, ui_outputs), messages
@@ -522,8 +537,10 @@ class Executor:
             values[name] = [_format_value(value)] if formatted else value
         return values
 
-    def _progress(self, progress: dict, node_id: str, prompt_id: str, state: str, client_id: str | None) -> None:
-        progress[node_id] = {"value": 1.0 if state == "finished" else 0.0, "max": 1.0, "state": state,
+    def _progress(self, progress: dict, node_id: str, prompt_id: str, state: str, client_id: str | None,
+                  ran: bool = True) -> None:
+        one = 1.0 if ran else 1
+        progress[node_id] = {"value": one if state == "finished" else 0.0, "max": one, "state": state,
                              "node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
                              "parent_node_id": None, "real_node_id": node_id}
         self.server.send_sync("progress_state", {"prompt_id": prompt_id, "nodes": copy.deepcopy(progress)}, client_id)
@@ -541,8 +558,15 @@ class Executor:
                 return
             self.server.interrupt_flag.wait(min(left, SLEEP_SLICE))
 
-    def _hang_while_faulted(self) -> None:
-        while self.server.faults.hang:
+    def _hang_while_faulted(self, node_id: str | None, class_type: str | None) -> None:
+        """``hang`` holds a prompt before its first node; ``hang_node`` inside that node (id or class)."""
+        def held() -> bool:
+            faults = self.server.faults
+            if node_id is None:
+                return faults.hang
+            return faults.hang_node is not None and faults.hang_node in (node_id, class_type)
+
+        while held():
             self._check_interrupt()
             self.server.interrupt_flag.wait(SLEEP_SLICE)
 
