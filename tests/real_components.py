@@ -31,6 +31,7 @@ import requests
 SKIP_ENV = "COMFY_CLUSTER_SKIP_REAL"
 HOME_ENV = "COMFY_CLUSTER_REAL_HOME"
 SETUP_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "setup_real_components.py"
+CONTRACT_NODES = Path(__file__).resolve().parent / "contract" / "comfy_nodes" / "contract_hold"
 START_TIMEOUT = 180.0  # torch import on 2 shared cores; a healthy start takes ~10 s
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 40
@@ -260,9 +261,13 @@ def real_comfyui_factory(real_install: Layout, tmp_path: Path) -> Iterator[RealC
 
 @pytest.fixture(scope="session")
 def real_comfyui(real_install: Layout) -> Iterator[RealComfyUI]:
-    """One real ComfyUI shared by the whole session (start-up costs seconds): tests must not assume it is idle-fresh."""
+    """One real ComfyUI shared by the whole session (start-up costs seconds): tests must not assume it is idle-fresh.
+
+    It carries the test-only ContractHold node (tests/contract/comfy_nodes), which keeps a prompt
+    running until interrupted.
+    """
     base = Path(tempfile.mkdtemp(prefix="comfy-real-shared-"))
-    server = start_real_comfyui(base, layout=real_install, name="real-shared")
+    server = start_real_comfyui(base, layout=real_install, name="real-shared", custom_nodes=[CONTRACT_NODES])
     try:
         yield server
     finally:

@@ -915,8 +915,8 @@ class ComfyEmulator:
         path = os.path.join(root, filename)
         if not os.path.isfile(path):
             return web.Response(status=404)
-        preview, channel = query.get("preview"), query.get("channel", "rgba")
-        if preview or channel in ("rgb", "a"):
+        preview, channel = query.get("preview"), query.get("channel")
+        if preview is not None or channel in ("rgb", "a"):
             return await asyncio.get_running_loop().run_in_executor(None, _reencode, path, filename, preview, channel)
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         if content_type in {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}:
@@ -1051,24 +1051,29 @@ class ComfyEmulator:
         return self._json({"dropped": dropped})
 
 
-def _reencode(path: str, filename: str, preview: str | None, channel: str) -> web.Response:
-    """``/view`` with ``preview=webp;90`` or ``channel=rgb|a``: re-encode like ``server.view_image``."""
+def _reencode(path: str, filename: str, preview: str | None, channel: str | None) -> web.Response:
+    """``/view`` with ``preview=webp;90`` or ``channel=rgb|a``: re-encode like ``server.view_image``.
+
+    A preview keeps the file's mode (RGB only for jpeg or ``channel=rgb``) and turns into webp
+    for an unknown format or any channel containing "a"; ``channel=a`` takes the alpha of an
+    RGBA file only (255 for every other mode).
+    """
+    out = io.BytesIO()
     with Image.open(path) as img:
-        if preview:
-            kind, _, quality = preview.partition(";")
-            kind = kind if kind in ("webp", "jpeg") else "webp"
-            out = io.BytesIO()
-            img.convert("RGB" if kind == "jpeg" else img.mode if img.mode in ("RGB", "RGBA") else "RGBA").save(
-                out, format=kind, quality=int(quality) if quality.isdigit() else 90)
+        if preview is not None:
+            info = preview.split(";")
+            kind = info[0] if info[0] in ("webp", "jpeg") and "a" not in (channel or "") else "webp"
+            quality = int(info[-1]) if info[-1].isdigit() else 90
+            shown = img.convert("RGB") if kind == "jpeg" or channel == "rgb" else img
+            shown.save(out, format=kind, quality=quality)
             return web.Response(body=out.getvalue(), content_type=f"image/{kind}",
                                 headers={"Content-Disposition": f'filename="{filename}"'})
         if channel == "rgb":
             result = img.convert("RGB")
         else:
-            rgba = img.convert("RGBA")
-            result = Image.new("RGBA", rgba.size, (0, 0, 0, 0))
-            result.putalpha(rgba.getchannel("A"))
-        out = io.BytesIO()
+            alpha = img.getchannel("A") if img.mode == "RGBA" else Image.new("L", img.size, 255)
+            result = Image.new("RGBA", img.size)
+            result.putalpha(alpha)
         result.save(out, format="PNG")
     return web.Response(body=out.getvalue(), content_type="image/png",
                         headers={"Content-Disposition": f'filename="{filename}"'})
