@@ -198,8 +198,11 @@ class PromptQueue:
         with self.mutex:
             for i, entry in enumerate(self.queue):
                 if entry[1] == prompt_id:
-                    self.queue.pop(i)
-                    heapq.heapify(self.queue)
+                    if len(self.queue) == 1:
+                        self.wipe_queue()  # like delete_queue_item: the last one goes by a wipe, two status messages
+                    else:
+                        self.queue.pop(i)
+                        heapq.heapify(self.queue)
                     self._on_change()
                     return
 
