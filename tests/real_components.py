@@ -32,6 +32,7 @@ SKIP_ENV = "COMFY_CLUSTER_SKIP_REAL"
 HOME_ENV = "COMFY_CLUSTER_REAL_HOME"
 SETUP_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "setup_real_components.py"
 CONTRACT_NODES = Path(__file__).resolve().parent / "contract" / "comfy_nodes" / "contract_hold"
+HANDLER_LAUNCHER = Path(__file__).resolve().parent / "contract" / "run_worker_comfyui.py"
 START_TIMEOUT = 180.0  # torch import on 2 shared cores; a healthy start takes ~10 s
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 40
@@ -227,6 +228,60 @@ def _start(layout: Layout, base_dir: Path, port: int, custom_nodes: Sequence[Pat
         server.kill()
         raise
     return server
+
+
+@dataclass
+class RealHandler:
+    """The real worker-comfyui handler process: the runpod SDK's loop taking jobs from an emulated endpoint."""
+
+    worker_id: str
+    log_path: Path
+    proc: subprocess.Popen = field(repr=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return _tail(self.log_path, lines)
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group (the SDK forks a heartbeat process), SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a heartbeat child that outlived the loop
+        except ProcessLookupError:
+            pass
+
+
+def start_real_handler(comfy: RealComfyUI, runpod_env: Mapping[str, str], work_dir: Path, *,
+                       layout: Layout | None = None) -> RealHandler:
+    """Start worker-comfyui 5.8.5's handler against ``comfy``, taking jobs as ``runpod_env`` says.
+
+    ``runpod_env`` is what RunPod sets in a worker container (``RunPodEmulator.worker_env``).
+    The handler gets a fresh pid file holding ``comfy``'s pid (a stale one would make it report
+    ComfyUI as dead) and a HOME of its own (the SDK would read ``~/.runpod`` credentials).
+    """
+    layout = layout or real_layout()
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = work_dir / "comfyui.pid"
+    pid_file.write_text(str(comfy.proc.pid))
+    log_path = work_dir / "handler.log"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work_dir), "PYTHONUNBUFFERED": "1",
+           "RUNPOD_LOG_LEVEL": "INFO", **runpod_env}
+    cmd = [str(layout.handler_python), str(HANDLER_LAUNCHER), str(layout.handler_src), f"127.0.0.1:{comfy.port}",
+           str(pid_file)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=str(work_dir), env=env, start_new_session=True)
+    return RealHandler(worker_id=runpod_env["RUNPOD_POD_ID"], log_path=log_path, proc=proc)
 
 
 RealComfyUIFactory = Callable[..., RealComfyUI]

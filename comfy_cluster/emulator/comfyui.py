@@ -52,6 +52,7 @@ MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "dif
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 FAKE_VRAM = 24 * 1024**3
 SLEEP_SLICE = 0.02
+INDEX_HTML = "<!doctype html><html><head><title>ComfyUI</title></head><body>ComfyUI emulator</body></html>"
 OOM_TYPE = "torch.OutOfMemoryError"  # full_type_name(torch.cuda.OutOfMemoryError)
 OOM_TIPS = ("This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might "
             "have accidentally set the batch_size to a large number.")
@@ -782,6 +783,7 @@ class ComfyEmulator:
 
     def _routes(self) -> list[tuple[str, str, Callable]]:
         return [
+            ("GET", "/", self.index),
             ("GET", "/ws", self.ws_handler),
             ("POST", "/prompt", self.post_prompt),
             ("GET", "/prompt", self.get_prompt),
@@ -806,6 +808,11 @@ class ComfyEmulator:
             ("POST", "/_emulator/faults", self.post_faults),
             ("POST", "/_emulator/drop_ws", self.drop_ws),
         ]
+
+    async def index(self, request: web.Request) -> web.Response:
+        """The frontend's index.html in real ComfyUI: worker-comfyui probes it to see the server is up."""
+        return web.Response(text=INDEX_HTML, content_type="text/html",
+                            headers={"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"})
 
     async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

@@ -133,7 +133,7 @@ class NodeDef:
         """The ``/object_info`` entry (``server.node_info``)."""
         types = self.input_types(dirs)
         display_name = self.display_name if self.display_name is not None or self.v3 else self.name
-        info = {
+        info: dict[str, Any] = {
             "input": types,
             "input_order": {key: list(value) for key, value in types.items()},
             "output": list(self.outputs),
