@@ -9,13 +9,14 @@ import pytest
 from tests.real_components import real_comfyui, real_comfyui_factory, real_install  # noqa: F401 - fixtures
 
 _PREFIXES = ("NUKE_COMFYUI_", "RUNPOD_", "COMFY_CLUSTER_")
+_KEEP = ("COMFY_CLUSTER_REAL_HOME", "COMFY_CLUSTER_SKIP_REAL")  # test infrastructure (tests/real_components.py)
 
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """A studio machine's own settings must never leak into a test."""
     for key in list(os.environ):
-        if key.startswith(_PREFIXES):
+        if key.startswith(_PREFIXES) and key not in _KEEP:
             monkeypatch.delenv(key, raising=False)
 
 

@@ -86,9 +86,10 @@ def require_real() -> Layout:
     try:
         return real_layout()
     except RealComponentsMissing as exc:
-        if os.environ.get(SKIP_ENV) == "1":
-            pytest.skip(f"{SKIP_ENV}=1: {exc}")
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"{SKIP_ENV}=1: {missing}")
+    pytest.fail(missing, pytrace=False)
 
 
 def free_port() -> int:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.real_components import RealComfyUIFailed, RealComponentsMissing, real_layout, start_real_comfyui
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NODE_PACKAGE = '''
 class ContractProbe:
@@ -54,3 +59,18 @@ def test_a_missing_install_names_the_setup_script(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("COMFY_CLUSTER_REAL_HOME", str(tmp_path / "nothing-here"))
     with pytest.raises(RealComponentsMissing, match="setup_real_components.py"):
         real_layout()
+
+
+@pytest.mark.parametrize("skip, outcome", [(None, "1 error"), ("1", "1 skipped")])
+def test_without_an_install_real_tests_fail_unless_skipping_is_asked_for(tmp_path: Path, skip: str | None,
+                                                                         outcome: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_CLUSTER_")}
+    env.update(COMFY_CLUSTER_REAL_HOME=str(tmp_path / "no-install"), PYTHONPATH=str(ROOT))
+    if skip:
+        env["COMFY_CLUSTER_SKIP_REAL"] = skip
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/contract/test_comfyui_http.py::test_system_stats"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert f"1 passed, {outcome}" in done.stdout, done.stdout[-2000:]
+    assert "setup_real_components.py" in done.stdout
+    assert (done.returncode == 0) == bool(skip)
