@@ -739,6 +739,8 @@ class RunPodEndpoint:
 
 # worker-comfyui's text for ComfyUI's invalid_prompt 400: "<message>. Raw response: <body>".
 _MISSING_NODE = re.compile(r"Cannot execute because node (.+?) does not exist\.")
+# worker-comfyui's line for ComfyUI's execution_error (in ``details`` from 5.x).
+_EXECUTION_ERROR = re.compile(r"Node Type: (.+?), Node ID: (.+?), Message: ")
 _VALIDATION_MARKERS = ("validation", "value_not_in_list", "prompt_outputs_failed", "invalid prompt",
                        "required_input_missing")
 
@@ -771,8 +773,10 @@ def _failure(where: str, error: Any, output: Any, *, server: str,
     if any(marker in text.lower() for marker in _VALIDATION_MARKERS):
         return WorkflowRejected(f"{where}: workflow rejected: {text}", error_type=error_type, server=server,
                                 prompt_id=prompt_id)
-    return ExecutionFailed(f"{where} failed: {text}", exception_type=error_type, exception_message=text,
-                           server=server, prompt_id=prompt_id)
+    node = _EXECUTION_ERROR.search(text)
+    return ExecutionFailed(f"{where} failed: {text}", node_type=node.group(1) if node else None,
+                           node_id=node.group(2) if node else None, exception_type=error_type,
+                           exception_message=text, server=server, prompt_id=prompt_id)
 
 
 def runpod_status_text(status: RunPodStatus, settings: Any = None) -> str:

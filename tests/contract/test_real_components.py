@@ -1,4 +1,4 @@
-"""The real-component fixtures themselves: own directories, custom nodes linked in, loud failures."""
+"""The real-component fixtures themselves: own directories, custom nodes linked in, kill, loud failures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.real_components import RealComfyUIFailed, RealComponentsMissing, real_layout, start_real_comfyui
+from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.errors import ServerUnavailable
+from tests.helpers import wait_until
+from tests.real_components import (
+    CONTRACT_NODES,
+    RealComfyUIFailed,
+    RealComponentsMissing,
+    real_layout,
+    start_real_comfyui,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +42,7 @@ def test_factory_server_has_its_own_dirs_and_linked_custom_nodes(real_comfyui_fa
     package = tmp_path / "src" / "contract_probe"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(NODE_PACKAGE)
-    server = real_comfyui_factory(custom_nodes=[package])
+    server = real_comfyui_factory(custom_nodes=[package, CONTRACT_NODES])
 
     info = requests.get(f"{server.url}/object_info/ContractProbe", timeout=10).json()
     assert info["ContractProbe"]["category"] == "comfy-cluster/test"
@@ -44,8 +53,26 @@ def test_factory_server_has_its_own_dirs_and_linked_custom_nodes(real_comfyui_fa
         assert argv[argv.index(flag) + 1] == str(value)
     assert (server.base_dir / "comfyui.db").exists()
 
-    server.kill()
-    assert not server.alive
+    # A fault: the server dies under a running prompt; the client's watch says so, it does not hang.
+    client = ComfyClient(server.url, name="doomed")
+    tracker = PromptTracker(client, "doomed-client", poll_interval=0.2)
+    tracker.unreachable_after = 1.0  # seconds of failed polls, socket down, before ServerUnavailable
+    tracker.start()
+    try:
+        assert tracker.wait_connected(30)
+        watch = tracker.watch("doomed-prompt")
+        hold = {"class_type": "ContractHold", "inputs": {"token": "doomed", "seconds": 120.0}}
+        client.submit({"hold": hold, "save": {"class_type": "SaveImage", "inputs": {"images": ["hold", 0],
+                                                                               "filename_prefix": "doomed"}}},
+                      client_id="doomed-client", prompt_id="doomed-prompt")
+        wait_until(lambda: client.get_queue().running, timeout=30, what="the held prompt running")
+        server.kill()
+        assert not server.alive
+        with pytest.raises(ServerUnavailable):
+            watch.wait(60)
+    finally:
+        tracker.stop()
+        client.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/system_stats", timeout=5)
 
