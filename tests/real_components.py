@@ -11,6 +11,7 @@ database under ``base_dir``; custom node packages are symlinked into that server
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -36,6 +37,7 @@ HANDLER_LAUNCHER = Path(__file__).resolve().parent / "contract" / "run_worker_co
 START_TIMEOUT = 180.0  # torch import on 2 shared cores; a healthy start takes ~10 s
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 40
+PR_SET_PDEATHSIG = 1
 
 
 class RealComponentsMissing(RuntimeError):
@@ -90,6 +92,15 @@ def require_real() -> Layout:
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{SKIP_ENV}=1: {missing}")
     pytest.fail(missing, pytrace=False)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the test process dies, so no server outlives a killed run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PRE_EXEC = _die_with_parent if sys.platform.startswith("linux") else None
 
 
 def free_port() -> int:
@@ -219,7 +230,7 @@ def _start(layout: Layout, base_dir: Path, port: int, custom_nodes: Sequence[Pat
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(base_dir), env=child_env, start_new_session=True)
+                                cwd=str(base_dir), env=child_env, start_new_session=True, preexec_fn=PRE_EXEC)
     server = RealComfyUI(name=name or base_dir.name, port=port, base_dir=base_dir, input_dir=dirs["input"],
                          output_dir=dirs["output"], temp_dir=dirs["temp"], user_dir=dirs["user"],
                          log_path=log_path, proc=proc)
@@ -281,7 +292,7 @@ def start_real_handler(comfy: RealComfyUI, runpod_env: Mapping[str, str], work_d
            str(pid_file)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(work_dir), env=env, start_new_session=True)
+                                cwd=str(work_dir), env=env, start_new_session=True, preexec_fn=PRE_EXEC)
     return RealHandler(worker_id=runpod_env["RUNPOD_POD_ID"], log_path=log_path, proc=proc)
 
 
