@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +43,7 @@ from .errors import (
     Cancelled,
     ExecutionFailed,
     JobTimeout,
+    MissingNodes,
     ProtocolError,
     ServerTimeout,
     ServerUnavailable,
@@ -741,11 +743,16 @@ class RunPodEndpoint:
         return OutputRef(filename=name, node_id="", index=index, fetch=write)
 
 
+# worker-comfyui's text for ComfyUI's invalid_prompt 400: "<message>. Raw response: <body>".
+_MISSING_NODE = re.compile(r"Cannot execute because node (.+?) does not exist\.")
+# worker-comfyui's line for ComfyUI's execution_error (in ``details`` from 5.x).
+_EXECUTION_ERROR = re.compile(r"Node Type: (.+?), Node ID: (.+?), Message: ")
 _VALIDATION_MARKERS = ("validation", "value_not_in_list", "prompt_outputs_failed", "invalid prompt",
                        "required_input_missing")
 
 
-def _failure(where: str, error: Any, output: Any, *, server: str, prompt_id: str) -> ExecutionFailed | WorkflowRejected:
+def _failure(where: str, error: Any, output: Any, *, server: str,
+             prompt_id: str) -> ExecutionFailed | WorkflowRejected | MissingNodes:
     """A FAILED job (or a COMPLETED one with ``status: "error"``) as our error.
 
     ``error`` is a plain message (the handler returned ``{"error": ...}``) or a JSON string
@@ -765,11 +772,17 @@ def _failure(where: str, error: Any, output: Any, *, server: str, prompt_id: str
     details = output.get("details") if isinstance(output, Mapping) else None
     if details:
         text += "; " + "; ".join(str(d) for d in details[:5])
+    missing = _MISSING_NODE.search(text)
+    if missing:
+        return MissingNodes(f"{where}: the worker has no node class {missing.group(1)!r}",
+                            missing={missing.group(1)}, server=server, prompt_id=prompt_id)
     if any(marker in text.lower() for marker in _VALIDATION_MARKERS):
         return WorkflowRejected(f"{where}: workflow rejected: {text}", error_type=error_type, server=server,
                                 prompt_id=prompt_id)
-    return ExecutionFailed(f"{where} failed: {text}", exception_type=error_type, exception_message=text,
-                           server=server, prompt_id=prompt_id)
+    node = _EXECUTION_ERROR.search(text)
+    return ExecutionFailed(f"{where} failed: {text}", node_type=node.group(1) if node else None,
+                           node_id=node.group(2) if node else None, exception_type=error_type,
+                           exception_message=text, server=server, prompt_id=prompt_id)
 
 
 def runpod_status_text(status: RunPodStatus, settings: Any = None) -> str:

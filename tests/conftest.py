@@ -7,8 +7,10 @@ import os
 import pytest
 
 from comfy_cluster.emulator.process import START_TIMEOUT
+from tests.real_components import real_comfyui, real_comfyui_factory, real_install  # noqa: F401 - fixtures
 
 _PREFIXES = ("NUKE_COMFYUI_", "RUNPOD_", "COMFY_CLUSTER_")
+_KEEP = ("COMFY_CLUSTER_REAL_HOME", "COMFY_CLUSTER_SKIP_REAL")  # test infrastructure (tests/real_components.py)
 #: Proxy settings, in every case (requests reads both): a proxy would take loopback traffic.
 _PROXY_VARS = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
@@ -18,7 +20,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     """A studio machine's own settings (and its proxies) must never leak into a test, nor one
     test's state (RunPod ledger, result cache, config backups) into another: each test gets its own state dir."""
     for key in list(os.environ):
-        if key.startswith(_PREFIXES) or key.lower() in _PROXY_VARS:
+        if (key.startswith(_PREFIXES) and key not in _KEEP) or key.lower() in _PROXY_VARS:
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("COMFY_CLUSTER_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 

@@ -473,7 +473,9 @@ def test_websocket_routing_and_message_order(emulator, sockets):
     assert messages[0]["data"]["status"]["exec_info"]["queue_remaining"] == 1
     assert messages[-2]["data"]["status"]["exec_info"]["queue_remaining"] == 0
     body = kinds[4:-3]
-    assert body == ["progress_state", "executing", "progress_state"] * 3 + ["executed"]
+    # ComfyUI 0.3.64 sends an output node's "executed" before its finishing progress_state
+    assert body == ["progress_state", "executing", "progress_state"] * 2 + [
+        "progress_state", "executing", "executed", "progress_state"]
     assert [m["data"]["node"] for m in messages if m["type"] == "executing"][:-1] == ["1", "2", "3"]
     # the other client sees the queue changes and nothing of the prompt itself
     seen = [other.recv() for _ in range(3)]
@@ -606,8 +608,9 @@ def test_fault_fail_node_reports_execution_error(emulator, sockets):
     assert [m["type"] for m in messages][-3:] == ["execution_error", "status", "executing"]
     error = messages[-3]["data"]
     assert error["node_id"] == "2" and error["node_type"] == "ImageInvert"
-    assert error["exception_type"] == "torch.OutOfMemoryError" and error["exception_message"] == "CUDA out of memory"
-    assert error["executed"] == ["1"] and error["current_outputs"] == [] and isinstance(error["traceback"], list)
+    assert error["exception_type"] == "torch.OutOfMemoryError"
+    assert error["exception_message"].startswith("CUDA out of memory\nThis error means you ran out of memory on your GPU.")
+    assert error["executed"] == ["1"] and error["current_outputs"] == ["1", "2", "3"] and isinstance(error["traceback"], list)
     assert set(error["current_inputs"]) == {"image"} and isinstance(error["timestamp"], int)
     assert wait_history(emulator.url, prompt_id)["status"]["status_str"] == "error"
 

@@ -30,6 +30,7 @@ from comfy_cluster.errors import (
     ConfigError,
     ExecutionFailed,
     JobTimeout,
+    MissingNodes,
     ServerUnavailable,
     TransferError,
     WorkflowRejected,
@@ -353,8 +354,13 @@ def test_failed_job_with_a_raised_handler_error(emu, tmp_path) -> None:
 def test_failed_validation_is_a_rejected_workflow(emu, tmp_path) -> None:
     wf = {"1": {"class_type": "NoSuchNode", "inputs": {}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-    with pytest.raises(WorkflowRejected, match="validation"):
+    with pytest.raises(MissingNodes) as info:
         run(make_endpoint(emu, tmp_path), PromptRequest("p-v", wf, timeout=30))
+    assert info.value.missing == {"NoSuchNode"}
+    wf = empty_workflow()
+    wf["1"]["inputs"]["width"] = 0
+    with pytest.raises(WorkflowRejected, match="validation"):
+        run(make_endpoint(emu, tmp_path), PromptRequest("p-v2", wf, timeout=30))
 
 
 def test_execution_error_out_of_memory_is_server_specific(emu, comfy, tmp_path) -> None:

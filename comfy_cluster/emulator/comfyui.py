@@ -52,6 +52,10 @@ MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "dif
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 FAKE_VRAM = 24 * 1024**3
 SLEEP_SLICE = 0.02
+INDEX_HTML = "<!doctype html><html><head><title>ComfyUI</title></head><body>ComfyUI emulator</body></html>"
+OOM_TYPE = "torch.OutOfMemoryError"  # full_type_name(torch.cuda.OutOfMemoryError)
+OOM_TIPS = ("This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might "
+            "have accidentally set the batch_size to a large number.")
 BINARY_TEXT = 3
 
 
@@ -62,6 +66,7 @@ class Faults:
     http_500: bool = False
     delay_s: float = 0.0
     hang: bool = False
+    hang_node: str | None = None
     fail_node: str | None = None
     fail_exception_type: str = "RuntimeError"
     fail_message: str = "emulated failure"
@@ -196,8 +201,11 @@ class PromptQueue:
         with self.mutex:
             for i, entry in enumerate(self.queue):
                 if entry[1] == prompt_id:
-                    self.queue.pop(i)
-                    heapq.heapify(self.queue)
+                    if len(self.queue) == 1:
+                        self.wipe_queue()  # like delete_queue_item: the last one goes by a wipe, two status messages
+                    else:
+                        self.queue.pop(i)
+                        heapq.heapify(self.queue)
                     self._on_change()
                     return
 
@@ -393,7 +401,12 @@ class Executor:
         return sigs
 
     @staticmethod
-    def _order(prompt: dict, outputs: Iterable[str]) -> list[str]:
+    def _order(prompt: dict, outputs: Iterable[str], cached: set[str]) -> list[str]:
+        """Like ``ExecutionList.add_node``: the outputs and their uncached ancestors, inputs first.
+
+        A cached node's inputs are not visited at all; a cached output is visited (to re-send
+        its ``executed``), a cached intermediate node only through that output's cache.
+        """
         order: list[str] = []
         seen: set[str] = set()
 
@@ -401,9 +414,10 @@ class Executor:
             if node_id in seen:
                 return
             seen.add(node_id)
-            for value in prompt[node_id]["inputs"].values():
-                if isinstance(value, list) and len(value) == 2 and value[0] in prompt:
-                    visit(value[0])
+            if node_id not in cached:
+                for value in prompt[node_id]["inputs"].values():
+                    if isinstance(value, list) and len(value) == 2 and value[0] in prompt and value[0] not in cached:
+                        visit(value[0])
             order.append(node_id)
 
         for out in outputs:
@@ -430,12 +444,11 @@ class Executor:
         wanted = set(sigs.values())
         self.cache = {k: v for k, v in self.cache.items() if k in wanted}
         cached = [node_id for node_id in prompt if sigs[node_id] in self.cache]
-        current_outputs = list(cached)
         add_message("execution_cached", {"nodes": cached, "prompt_id": prompt_id}, False)
-        order = self._order(prompt, outputs)
+        order = self._order(prompt, outputs, set(cached))
         to_run = [n for n in order if sigs[n] not in self.cache]
         job_slice = server.faults.seconds_per_job / max(len(to_run), 1)
-        results: dict[str, tuple] = {}
+        results: dict[str, tuple] = {node_id: self.cache[sigs[node_id]].outputs for node_id in cached}
         ui_outputs: dict[str, dict] = {}
         executed: list[str] = []
         progress: dict[str, dict] = {}
@@ -443,7 +456,7 @@ class Executor:
         try:
             if server.faults.die_mid_job:
                 server.die()
-            self._hang_while_faulted()
+            self._hang_while_faulted(None, None)
             if not to_run:
                 self._gpu_sleep(server.faults.seconds_per_job)
             for node_id in order:
@@ -451,13 +464,14 @@ class Executor:
                 class_type = node["class_type"]
                 entry = self.cache.get(sigs[node_id])
                 if entry is not None:
-                    results[node_id] = entry.outputs
-                    self._progress(progress, node_id, prompt_id, "finished", client_id)
+                    # execution.execute's cache hit: "executed" (output None without a ui), then a
+                    # progress entry that never ran (ints: ensure_entry's value=0, max=1).
                     if entry.ui is not None:
                         ui_outputs[node_id] = entry.ui
-                        if client_id is not None:
-                            server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
-                                                          "prompt_id": prompt_id}, client_id)
+                    if client_id is not None:
+                        server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
+                                                      "prompt_id": prompt_id}, client_id)
+                    self._progress(progress, node_id, prompt_id, "finished", client_id, ran=False)
                     continue
                 self._check_interrupt()
                 self._progress(progress, node_id, prompt_id, "running", client_id)
@@ -465,6 +479,7 @@ class Executor:
                     server.last_node_id = node_id
                     server.send_sync("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, client_id)
                 self._gpu_sleep(job_slice + server.faults.seconds_per_node)
+                self._hang_while_faulted(node_id, class_type)
                 faults = server.faults
                 if faults.fail_node is not None and faults.fail_node in (node_id, class_type):
                     raise EmulatedNodeError(faults.fail_exception_type, faults.fail_message)
@@ -478,12 +493,12 @@ class Executor:
                 self.cache[sigs[node_id]] = _CacheEntry(result.outputs, ui)
                 results[node_id] = result.outputs
                 executed.append(node_id)
-                self._progress(progress, node_id, prompt_id, "finished", client_id)
                 if ui is not None:
                     ui_outputs[node_id] = ui
                     if client_id is not None:
                         server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                                       "prompt_id": prompt_id}, client_id)
+                self._progress(progress, node_id, prompt_id, "finished", client_id)
         except Interrupted:
             add_message("execution_interrupted", {"prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
                                                   "executed": executed}, True)
@@ -491,11 +506,15 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - a node failure is reported, never raised
             log.debug("node %s (%s) failed: %s", node_id, class_type, exc)
             current = self._inputs(prompt, node_id, results, formatted=True) if node_id else {}
+            # exception_message is "{ex}\n{tips}" (tips only for OOM); current_outputs is every
+            # node id of the prompt (the output cache's key set), not what was cached.
+            type_name = _type_name(exc)
+            tips = OOM_TIPS if type_name == OOM_TYPE else ""
             add_message("execution_error", {
                 "prompt_id": prompt_id, "node_id": node_id, "node_type": class_type, "executed": executed,
-                "exception_message": str(exc), "exception_type": _type_name(exc),
+                "exception_message": f"{exc}\n{tips}", "exception_type": type_name,
                 "traceback": traceback.format_tb(exc.__traceback__), "current_inputs": current,
-                "current_outputs": current_outputs}, False)
+                "current_outputs": list(prompt)}, False)
             return False, self._history(prompt, ui_outputs), messages
         add_message("execution_success", {"prompt_id": prompt_id}, False)
         return True, self._history(prompt, ui_outputs), messages
@@ -524,8 +543,10 @@ class Executor:
             values[name] = [_format_value(value)] if formatted else value
         return values
 
-    def _progress(self, progress: dict, node_id: str, prompt_id: str, state: str, client_id: str | None) -> None:
-        progress[node_id] = {"value": 1.0 if state == "finished" else 0.0, "max": 1.0, "state": state,
+    def _progress(self, progress: dict, node_id: str, prompt_id: str, state: str, client_id: str | None,
+                  ran: bool = True) -> None:
+        one = 1.0 if ran else 1
+        progress[node_id] = {"value": one if state == "finished" else 0.0, "max": one, "state": state,
                              "node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
                              "parent_node_id": None, "real_node_id": node_id}
         self.server.send_sync("progress_state", {"prompt_id": prompt_id, "nodes": copy.deepcopy(progress)}, client_id)
@@ -543,8 +564,15 @@ class Executor:
                 return
             self.server.interrupt_flag.wait(min(left, SLEEP_SLICE))
 
-    def _hang_while_faulted(self) -> None:
-        while self.server.faults.hang:
+    def _hang_while_faulted(self, node_id: str | None, class_type: str | None) -> None:
+        """``hang`` holds a prompt before its first node; ``hang_node`` inside that node (id or class)."""
+        def held() -> bool:
+            faults = self.server.faults
+            if node_id is None:
+                return faults.hang
+            return faults.hang_node is not None and faults.hang_node in (node_id, class_type)
+
+        while held():
             self._check_interrupt()
             self.server.interrupt_flag.wait(SLEEP_SLICE)
 
@@ -757,6 +785,7 @@ class ComfyEmulator:
 
     def _routes(self) -> list[tuple[str, str, Callable]]:
         return [
+            ("GET", "/", self.index),
             ("GET", "/ws", self.ws_handler),
             ("POST", "/prompt", self.post_prompt),
             ("GET", "/prompt", self.get_prompt),
@@ -781,6 +810,11 @@ class ComfyEmulator:
             ("POST", "/_emulator/faults", self.post_faults),
             ("POST", "/_emulator/drop_ws", self.drop_ws),
         ]
+
+    async def index(self, request: web.Request) -> web.Response:
+        """The frontend's index.html in real ComfyUI: worker-comfyui probes it to see the server is up."""
+        return web.Response(text=INDEX_HTML, content_type="text/html",
+                            headers={"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"})
 
     async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -893,8 +927,8 @@ class ComfyEmulator:
         path = os.path.join(root, filename)
         if not os.path.isfile(path):
             return web.Response(status=404)
-        preview, channel = query.get("preview"), query.get("channel", "rgba")
-        if preview or channel in ("rgb", "a"):
+        preview, channel = query.get("preview"), query.get("channel")
+        if preview is not None or channel in ("rgb", "a"):
             return await asyncio.get_running_loop().run_in_executor(None, _reencode, path, filename, preview, channel)
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         if content_type in {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}:
@@ -1029,24 +1063,29 @@ class ComfyEmulator:
         return self._json({"dropped": dropped})
 
 
-def _reencode(path: str, filename: str, preview: str | None, channel: str) -> web.Response:
-    """``/view`` with ``preview=webp;90`` or ``channel=rgb|a``: re-encode like ``server.view_image``."""
+def _reencode(path: str, filename: str, preview: str | None, channel: str | None) -> web.Response:
+    """``/view`` with ``preview=webp;90`` or ``channel=rgb|a``: re-encode like ``server.view_image``.
+
+    A preview keeps the file's mode (RGB only for jpeg or ``channel=rgb``) and turns into webp
+    for an unknown format or any channel containing "a"; ``channel=a`` takes the alpha of an
+    RGBA file only (255 for every other mode).
+    """
+    out = io.BytesIO()
     with Image.open(path) as img:
-        if preview:
-            kind, _, quality = preview.partition(";")
-            kind = kind if kind in ("webp", "jpeg") else "webp"
-            out = io.BytesIO()
-            img.convert("RGB" if kind == "jpeg" else img.mode if img.mode in ("RGB", "RGBA") else "RGBA").save(
-                out, format=kind, quality=int(quality) if quality.isdigit() else 90)
+        if preview is not None:
+            info = preview.split(";")
+            kind = info[0] if info[0] in ("webp", "jpeg") and "a" not in (channel or "") else "webp"
+            quality = int(info[-1]) if info[-1].isdigit() else 90
+            shown = img.convert("RGB") if kind == "jpeg" or channel == "rgb" else img
+            shown.save(out, format=kind, quality=quality)
             return web.Response(body=out.getvalue(), content_type=f"image/{kind}",
                                 headers={"Content-Disposition": f'filename="{filename}"'})
         if channel == "rgb":
             result = img.convert("RGB")
         else:
-            rgba = img.convert("RGBA")
-            result = Image.new("RGBA", rgba.size, (0, 0, 0, 0))
-            result.putalpha(rgba.getchannel("A"))
-        out = io.BytesIO()
+            alpha = img.getchannel("A") if img.mode == "RGBA" else Image.new("L", img.size, 255)
+            result = Image.new("RGBA", img.size)
+            result.putalpha(alpha)
         result.save(out, format="PNG")
     return web.Response(body=out.getvalue(), content_type="image/png",
                         headers={"Content-Disposition": f'filename="{filename}"'})

@@ -109,6 +109,9 @@ class NodeDef:
     validated_inputs: tuple[str, ...] = ()
     #: IS_CHANGED: extra cache-key material (LoadImage hashes its file).
     is_changed: Callable[[Directories, dict], Any] | None = None
+    #: Written against comfy_api's V3 schema: /object_info adds api_node, deprecated,
+    #: experimental and output_tooltips, and an unset display_name stays null.
+    v3: bool = False
 
     def input_types(self, dirs: Directories | None = None) -> dict:
         """INPUT_TYPES(); with ``dirs`` the input-file combo is filled in, else left symbolic."""
@@ -129,19 +132,24 @@ class NodeDef:
     def info(self, dirs: Directories) -> dict:
         """The ``/object_info`` entry (``server.node_info``)."""
         types = self.input_types(dirs)
-        return {
+        display_name = self.display_name if self.display_name is not None or self.v3 else self.name
+        info: dict[str, Any] = {
             "input": types,
             "input_order": {key: list(value) for key, value in types.items()},
             "output": list(self.outputs),
             "output_is_list": [False] * len(self.outputs),
             "output_name": list(self.output_names or self.outputs),
             "name": self.name,
-            "display_name": self.display_name if self.display_name is not None else self.name,
+            "display_name": display_name,
             "description": self.description,
             "python_module": self.python_module,
             "category": self.category,
             "output_node": self.output_node,
         }
+        if self.v3:
+            info.update(output_tooltips=[None] * len(self.outputs), deprecated=False, experimental=False,
+                        api_node=False)
+        return info
 
     def input_spec(self, name: str) -> tuple[str, tuple | None]:
         """(category, spec) of an input, like ``execution.get_input_info``."""
@@ -504,7 +512,7 @@ NODES: dict[str, NodeDef] = {
             required={
                 "width": _int(512, 1, MAX_RESOLUTION),
                 "height": _int(512, 1, MAX_RESOLUTION),
-                "batch_size": _int(1, 1, 4096),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
                 "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}),
             },
             outputs=("IMAGE",),
@@ -522,7 +530,9 @@ NODES: dict[str, NodeDef] = {
         NodeDef(
             "SaveImage",
             save_image,
-            required={"images": ("IMAGE", {"tooltip": "The images to save."}), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+            required={"images": ("IMAGE", {"tooltip": "The images to save."}), "filename_prefix": ("STRING", {
+                "default": "ComfyUI", "tooltip": "The prefix for the file to save. This may include formatting information "
+                "such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes."})},
             hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
             output_node=True,
             display_name="Save Image",
@@ -535,16 +545,18 @@ NODES: dict[str, NodeDef] = {
             hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
             output_node=True,
             display_name="Preview Image",
+            # PreviewImage subclasses SaveImage and inherits its DESCRIPTION.
+            description="Saves the input images to your ComfyUI output directory.",
         ),
         NodeDef("ImageInvert", image_invert, required={"image": _IMAGE}, outputs=("IMAGE",), display_name="Invert Image"),
         NodeDef(
             "ImageBlur",
             image_blur,
-            required={"image": _IMAGE, "blur_radius": _int(1, 1, 31), "sigma": _float(1.0, 0.1, 10.0, 0.1)},
+            required={"image": ("IMAGE", {}), "blur_radius": _int(1, 1, 31), "sigma": _float(1.0, 0.1, 10.0, 0.1)},
             outputs=("IMAGE",),
             category="image/postprocessing",
-            display_name="Image Blur",
             python_module="comfy_extras.nodes_post_processing",
+            v3=True,
         ),
         NodeDef(
             "ImageScale",
@@ -572,15 +584,15 @@ NODES: dict[str, NodeDef] = {
             "ImageBlend",
             image_blend,
             required={
-                "image1": _IMAGE,
-                "image2": _IMAGE,
+                "image1": ("IMAGE", {}),
+                "image2": ("IMAGE", {}),
                 "blend_factor": _float(0.5, 0.0, 1.0, 0.01),
-                "blend_mode": ("COMBO", {"options": BLEND_MODES}),
+                "blend_mode": ("COMBO", {"multiselect": False, "options": BLEND_MODES}),
             },
             outputs=("IMAGE",),
             category="image/postprocessing",
-            display_name=None,
             python_module="comfy_extras.nodes_post_processing",
+            v3=True,
         ),
         NodeDef(
             "ImageCrop",
@@ -595,17 +607,18 @@ NODES: dict[str, NodeDef] = {
             outputs=("IMAGE",),
             category="image/transform",
             display_name="Image Crop",
+            python_module="comfy_extras.nodes_images",
         ),
         NodeDef(
             "ImageAddNoise",
             image_add_noise,
             required={
                 "image": _IMAGE,
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "The random seed used for creating the noise."}),
                 "strength": _float(0.5, 0.0, 1.0, 0.01),
             },
             outputs=("IMAGE",),
-            display_name="Add Noise to Image",
             python_module="comfy_extras.nodes_images",
         ),
         NodeDef(
@@ -616,6 +629,7 @@ NODES: dict[str, NodeDef] = {
             outputs=("INT", "INT", "INT"),
             output_names=("width", "height", "batch_size"),
             display_name="Get Image Size",
+            description="Returns width and height of the image, and passes it through unchanged.",
             python_module="comfy_extras.nodes_images",
         ),
         NodeDef(

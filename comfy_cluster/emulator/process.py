@@ -9,6 +9,7 @@ knobs over HTTP (``/_emulator/*``), the same way for either kind.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import selectors
 import shutil
@@ -188,22 +189,29 @@ class EmulatorProcess(_Controlled):
         return self
 
     def _read_ports(self, deadline: float) -> list[int]:
+        """The ports of the child's ready lines. The pipe is read unbuffered: a buffered
+        ``readline`` would swallow lines that arrived together, and ``select`` would then
+        wait for data already read."""
         assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
         ports: list[int] = []
+        pending = b""
         with selectors.DefaultSelector() as sel:
-            sel.register(self._proc.stdout, selectors.EVENT_READ)
+            sel.register(fd, selectors.EVENT_READ)
             while len(ports) < self.count:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise TimeoutError(f"emulator {self.name!r}: no ready line within the start timeout "
                                        f"(log: {self.base_dir / 'emulator.log'})")
-                line = self._proc.stdout.readline().decode(errors="replace")
-                if not line:
+                chunk = os.read(fd, 65536)
+                if not chunk:
                     raise RuntimeError(f"emulator {self.name!r} exited with {self._proc.wait()} before it was ready "
                                        f"(log: {self.base_dir / 'emulator.log'})")
-                match = _READY.match(line)
-                if match:
-                    ports.append(int(match.group(1)))
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    match = _READY.match(line.decode(errors="replace"))
+                    if match:
+                        ports.append(int(match.group(1)))
         return ports
 
     def _wait_http(self, deadline: float) -> None:

@@ -8,6 +8,10 @@ worker-comfyui-compatible handler against emulated ComfyUI servers: the ``images
 uploaded with ``/upload/image``, the workflow is queued with ``/prompt``, ``/history`` is
 polled and the outputs are read with ``/view``, so the pixels are ComfyUI's arithmetic.
 
+With ``external_workers=True`` it runs no handler of its own: real worker processes (the
+real worker-comfyui ``handler.py`` on the runpod SDK's loop) take the jobs through RunPod's
+worker-facing API (``runpod_worker.py``; ``worker_env(worker_id)`` gives their variables).
+
 Knobs (``RunPodEmulator.set(...)`` or ``POST /_emulator/knobs``) play RunPod's behaviour:
 cold starts, N workers and queueing, FAILED jobs, 429s with ``Retry-After``, TIMED_OUT,
 the payload limits, result retention, and the worker-comfyui output format (5.x
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import os
@@ -34,7 +37,10 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, FormData, web
+from aiohttp import ClientSession, ClientTimeout, web
+
+from . import worker_comfyui
+from .runpod_worker import WorkerAPI
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +154,18 @@ class RunPodEmulator:
 
     def __init__(self, *, endpoint_id: str = "emu-endpoint", api_key: str = "emu-key", workers: int = 1,
                  comfy_urls: list[str] | None = None, host: str = "127.0.0.1", port: int = 0,
-                 endpoint_settings: dict[str, Any] | None = None, **knobs: Any) -> None:
+                 endpoint_settings: dict[str, Any] | None = None, external_workers: bool = False,
+                 **knobs: Any) -> None:
         self.endpoint_id = endpoint_id
+        self.external_workers = external_workers
+        self._worker_api = WorkerAPI(self)
         self._api_key = api_key
         self.host = host
         self.port = port
         self.knobs = Knobs(**knobs)
         self._own_comfy: list[Any] = []
         self._comfy_urls = list(comfy_urls or [])
-        self._worker_count = workers if comfy_urls is None else len(self._comfy_urls)
+        self._worker_count = workers if comfy_urls is None or external_workers else len(self._comfy_urls)
         record = _default_endpoint(endpoint_id, self._worker_count)
         record.update(endpoint_settings or {})
         self.endpoints: dict[str, dict[str, Any]] = {endpoint_id: record}
@@ -188,14 +197,15 @@ class RunPodEmulator:
         return f"{self.url}/v2/{self.endpoint_id}"
 
     def start(self, timeout: float = 15.0) -> RunPodEmulator:
-        if not self._comfy_urls:
+        if not self._comfy_urls and not self.external_workers:
             from .process import EmulatorThread
 
             for i in range(self._worker_count):
                 emu = EmulatorThread(name=f"runpod-worker-{i}").start()
                 self._own_comfy.append(emu)
                 self._comfy_urls.append(emu.url)
-        self.workers = [Worker(i, url) for i, url in enumerate(self._comfy_urls)]
+        # External workers join when they first poll for a job.
+        self.workers = [] if self.external_workers else [Worker(i, url) for i, url in enumerate(self._comfy_urls)]
         self._thread = threading.Thread(target=self._serve, name="runpod-emulator", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
@@ -251,6 +261,10 @@ class RunPodEmulator:
             return {**job.view(), "input": json.loads(json.dumps(job.input))}
         return self._call(read())
 
+    def worker_env(self, worker_id: str) -> dict[str, str]:
+        """The RunPod variables for an external worker process (``external_workers=True``)."""
+        return self._worker_api.env(worker_id)
+
     def count(self, method: str, suffix: str) -> int:
         """How many requests ``method`` to a path ending in ``suffix`` arrived."""
         return sum(1 for m, p in list(self.requests) if m == method and p.endswith(suffix))
@@ -295,6 +309,8 @@ class RunPodEmulator:
         r.add_post("/graphql", self._graphql)
         r.add_get("/_s3/{key:.+}", self._s3_get)
         r.add_post("/_emulator/knobs", self._knobs)
+        if self.external_workers:
+            self._worker_api.add_routes(r)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -324,7 +340,8 @@ class RunPodEmulator:
         given = given[7:] if given.startswith("Bearer ") else given
         if request.path == "/graphql" and not given:
             given = request.query.get("api_key", "")
-        if given != self._api_key:
+        worker_call = self.external_workers and WorkerAPI.is_worker_path(request.path)
+        if given != (self._worker_api.key if worker_call else self._api_key):
             return web.json_response({"error": "Unauthorized"}, status=401)
         eid = request.match_info.get("eid")
         if eid is not None and eid not in self.endpoints:
@@ -412,10 +429,11 @@ class RunPodEmulator:
             return web.json_response({"error": "job not found"}, status=404)
         if job.status == "IN_QUEUE":
             self.queue.remove(job)
-            self._finish(job, "CANCELLED")
-        elif job.status == "IN_PROGRESS" and job.task is not None:
-            job.task.cancel()
-            self._finish(job, "CANCELLED")
+            self.finish_job(job, "CANCELLED")
+        elif job.status == "IN_PROGRESS":
+            if job.task is not None:
+                job.task.cancel()
+            self.finish_job(job, "CANCELLED")   # an external worker's late result is dropped
         return web.json_response({"id": job.id, "status": job.status})
 
     async def _retry(self, request: web.Request) -> web.Response:
@@ -462,7 +480,7 @@ class RunPodEmulator:
         return web.Response(body=data, content_type="image/png")
 
     # ------------------------------------------------------------------ scheduler and workers
-    def _finish(self, job: Job, status: str) -> None:
+    def finish_job(self, job: Job, status: str) -> None:
         job.status = status
         job.finished = time.monotonic()
         if job.worker is not None:
@@ -475,6 +493,17 @@ class RunPodEmulator:
             await asyncio.sleep(0.01)
 
     def _tick(self, now: float) -> None:
+        """Jobs run (here or on external workers) and expire after their retention time."""
+        if self.external_workers:
+            self._worker_api.tick(now)
+        else:
+            self._tick_workers(now)
+        for job in list(self.jobs.values()):
+            if job.finished is not None and job.status != "IN_QUEUE":
+                if now - job.finished > (60.0 if job.sync else self.knobs.retention_s):
+                    del self.jobs[job.id]
+
+    def _tick_workers(self, now: float) -> None:
         """Workers finish booting, take queued jobs, scale up to demand and down after idleTimeout."""
         record = self.endpoints[self.endpoint_id]
         cap = min(int(record.get("workersMax") or 0), len(self.workers))
@@ -501,10 +530,6 @@ class RunPodEmulator:
             if w.state == "idle" and now - w.idle_since > idle_timeout and len(active) > warm:
                 w.state = "off"
                 active.remove(w)
-        for job in list(self.jobs.values()):
-            if job.finished is not None and job.status != "IN_QUEUE":
-                if now - job.finished > (60.0 if job.sync else self.knobs.retention_s):
-                    del self.jobs[job.id]
 
     def _start(self, job: Job, worker: Worker, now: float) -> None:
         job.status, job.started, job.worker = "IN_PROGRESS", now, worker
@@ -515,12 +540,12 @@ class RunPodEmulator:
         try:
             if job.fault == "timed_out_next":
                 await asyncio.sleep(max(self.knobs.seconds_per_job, 0.05))
-                self._finish(job, "TIMED_OUT")
+                self.finish_job(job, "TIMED_OUT")
                 return
             result = await asyncio.wait_for(self._handler(job, worker), job.timeout_s)
         except asyncio.TimeoutError:
             await self._interrupt(worker)
-            self._finish(job, "TIMED_OUT")
+            self.finish_job(job, "TIMED_OUT")
             return
         except asyncio.CancelledError:
             await asyncio.shield(self._interrupt(worker))
@@ -531,16 +556,16 @@ class RunPodEmulator:
                                     "error_traceback": "".join(traceback.format_exception(err)),
                                     "hostname": f"emu-{worker.id}", "worker_id": worker.id,
                                     "runpod_version": "1.7.12"})
-            self._finish(job, "FAILED")
+            self.finish_job(job, "FAILED")
             return
         if isinstance(result, dict) and "error" in result:
             job.error = result["error"]
             rest = {k: v for k, v in result.items() if k != "error"}
             job.output = rest or None
-            self._finish(job, "FAILED")
+            self.finish_job(job, "FAILED")
             return
         job.output = result
-        self._finish(job, "COMPLETED")
+        self.finish_job(job, "COMPLETED")
 
     async def _interrupt(self, worker: Worker) -> None:
         assert self._http is not None
@@ -551,71 +576,19 @@ class RunPodEmulator:
             log.debug("emulated worker %s: interrupt failed: %s", worker.index, err)
 
     async def _handler(self, job: Job, worker: Worker) -> dict[str, Any]:
-        """worker-comfyui's handler: validate, upload images, queue, wait, collect outputs."""
+        """worker-comfyui's handler (worker_comfyui.py) with this endpoint's faults and output format."""
         k = self.knobs
         assert self._http is not None
-        http, comfy = self._http, worker.comfy_url
         if k.seconds_per_job:
             await asyncio.sleep(k.seconds_per_job)
         if job.fault == "fail_next":
             raise HandlerFailure("CUDA error: an illegal memory access was encountered") from RuntimeError()
-        workflow = job.input.get("workflow")
-        if isinstance(workflow, str):
-            try:
-                workflow = json.loads(workflow)
-            except ValueError:
-                return {"error": "Invalid JSON format in workflow"}
-        if not isinstance(workflow, dict):
-            return {"error": "Missing 'workflow' parameter"}
-        images = job.input.get("images") or []
-        if not isinstance(images, list) or not all(isinstance(i, dict) and "name" in i and "image" in i
-                                                   for i in images):
-            return {"error": "'images' must be a list of objects with 'name' and 'image' keys"}
-        problems = []
-        for item in images:
-            data = str(item["image"])
-            data = data.split(",", 1)[1] if data.startswith("data:") and "," in data else data
-            try:
-                raw = base64.b64decode(data)
-            except (binascii.Error, ValueError):
-                problems.append(f"Error decoding base64 for {item['name']}")
-                continue
-            form = FormData()
-            form.add_field("image", raw, filename=str(item["name"]), content_type="image/png")
-            form.add_field("overwrite", "true")
-            async with http.post(f"{comfy}/upload/image", data=form) as resp:
-                if resp.status != 200:
-                    problems.append(f"Error uploading {item['name']}: HTTP {resp.status}")
-        if problems:
-            return {"error": "Failed to upload one or more input images", "details": problems}
-        async with http.post(f"{comfy}/prompt", json={"prompt": workflow, "client_id": worker.id}) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status != 200:
-                return {"error": f"Workflow validation failed: {_validation_text(body)}"}
-        prompt_id = body["prompt_id"]
-        entry = await self._wait_history(comfy, prompt_id)
-        status = entry.get("status") or {}
-        if status.get("status_str") == "error":
-            detail = next((m[1] for m in status.get("messages", []) if m and m[0] == "execution_error"), {})
-            message = (f"Workflow execution error: Node Type: {detail.get('node_type')}, Node ID: "
-                       f"{detail.get('node_id')}, Message: {detail.get('exception_message')}")
-            if k.output_format == "legacy":
-                return {"error": message}
-            return {"error": message, "details": [message]}
-        found = []
-        for node_id in sorted(entry.get("outputs", {}), key=lambda n: (len(n), n)):
-            for image in entry["outputs"][node_id].get("images", []):
-                if image.get("type") == "temp":
-                    continue
-                params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""),
-                          "type": image.get("type", "output")}
-                async with http.get(f"{comfy}/view", params=params) as resp:
-                    if resp.status != 200:
-                        return {"error": f"Failed to fetch output {image['filename']}: HTTP {resp.status}"}
-                    found.append((image["filename"], await resp.read()))
-        return self._format(job, found)
+        result = await worker_comfyui.handle(self._http, worker.comfy_url, job.input)
+        if result.error is not None:
+            return {"error": result.error["error"]} if k.output_format == "legacy" else result.error
+        return self._format(job, result.images, result.warnings)
 
-    def _format(self, job: Job, found: list[tuple[str, bytes]]) -> dict[str, Any]:
+    def _format(self, job: Job, found: list[tuple[str, bytes]], warnings: list[str]) -> dict[str, Any]:
         k = self.knobs
 
         def stored(filename: str, data: bytes) -> str:
@@ -633,21 +606,10 @@ class RunPodEmulator:
             return {"status": "success", "message": message}
         if not found:
             return {"status": "success_no_images", "images": []}
-        return {"images": [{"filename": name, "type": "s3_url" if k.s3_outputs else "base64",
-                            "data": stored(name, data) if k.s3_outputs else base64.b64encode(data).decode("ascii")}
-                           for name, data in found]}
-
-    async def _wait_history(self, comfy: str, prompt_id: str) -> dict[str, Any]:
-        assert self._http is not None
-        while True:
-            async with self._http.get(f"{comfy}/history/{prompt_id}") as resp:
-                body = await resp.json(content_type=None) if resp.status == 200 else {}
-            entry = body.get(prompt_id) if isinstance(body, dict) else None
-            if entry and (entry.get("status") or {}).get("completed") is not None and \
-                    ((entry.get("status") or {}).get("completed") or
-                     (entry.get("status") or {}).get("status_str") == "error"):
-                return entry
-            await asyncio.sleep(0.02)
+        images = [{"filename": name, "type": "s3_url" if k.s3_outputs else "base64",
+                   "data": stored(name, data) if k.s3_outputs else base64.b64encode(data).decode("ascii")}
+                  for name, data in found]
+        return {"images": images, "errors": warnings} if warnings else {"images": images}
 
     # ------------------------------------------------------------------ endpoint admin
     def _admin_record(self, request: web.Request, api: str) -> dict[str, Any] | web.Response:
@@ -808,19 +770,6 @@ def _selection(query: str, name: str) -> list[str] | None:
             break
         block = flat
     return re.findall(r"[A-Za-z_]\w*", re.sub(r"\([^)]*\)", " ", block))
-
-
-def _validation_text(body: Any) -> str:
-    if not isinstance(body, dict):
-        return str(body)
-    lines = []
-    error = body.get("error")
-    if isinstance(error, dict):
-        lines.append(str(error.get("message", "")))
-    for node_id, info in (body.get("node_errors") or {}).items():
-        for err in info.get("errors", []):
-            lines.append(f"Node {node_id} ({info.get('class_type')}): {err.get('details') or err.get('message')}")
-    return "; ".join(line for line in lines if line) or json.dumps(body)[:300]
 
 
 def main(argv: list[str] | None = None) -> None:
