@@ -80,16 +80,16 @@ def wait_for(job: run.Job, events: queue.Queue[BatchEvent], *, pool: Any, node_c
     ``on_progress(value, 100)`` follows the remote graph of ``node_count`` nodes.
     """
     bar = NodeProgress(node_count)
-    while not job.wait(poll):
-        _drain(events, bar, on_progress, on_status)
-        if interrupted():
-            log.info("interrupt: cancelling our remote prompt %s", job.prompt_id)
-            job.cancel()
-            if not job.wait(CANCEL_GRACE_S):
-                log.warning("remote prompt %s did not confirm the cancel within %.0f s", job.prompt_id,
-                            CANCEL_GRACE_S)
-            raise Interrupted(f"remote prompt {job.prompt_id} cancelled by the interrupt",
-                              prompt_id=job.prompt_id)
+    try:
+        while not job.wait(poll):
+            _drain(events, bar, on_progress, on_status)
+            if interrupted():
+                raise Interrupted(f"remote prompt {job.prompt_id} cancelled by the interrupt",
+                                  prompt_id=job.prompt_id)
+    except BaseException:
+        # ours, or the host's own interrupt raised from a callback (ComfyUI's progress hook)
+        _cancel(job)
+        raise
     _drain(events, bar, on_progress, on_status)
     on_progress(100, 100)
     result = job.result(timeout=0)
@@ -145,6 +145,14 @@ def _drain(events: queue.Queue[BatchEvent], bar: NodeProgress, on_progress: Call
         elif event.kind in ("submitted", "started", "retried"):
             where = data.get("server") or data.get("to") or ""
             on_status(f"{event.kind} on {where}" if where else event.kind)
+
+
+def _cancel(job: run.Job) -> None:
+    """Cancel our prompt (only ours, by prompt id) and give it a moment to confirm."""
+    log.info("interrupt: cancelling our remote prompt %s", job.prompt_id)
+    job.cancel()
+    if not job.wait(CANCEL_GRACE_S):
+        log.warning("remote prompt %s did not confirm the cancel within %.0f s", job.prompt_id, CANCEL_GRACE_S)
 
 
 def _cost_of(pool: Any, server: str, prompt_id: str) -> float | None:

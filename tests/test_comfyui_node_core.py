@@ -268,3 +268,26 @@ def test_runpod_mode_without_runpod_names_the_variables(emulator_thread_factory)
     with _pool(emu) as pool:
         with pytest.raises(ConfigError, match="RUNPOD_ENDPOINT_ID .* RUNPOD_API_KEY"):
             remote_render.target_for("runpod", pool)
+
+
+class HostInterrupt(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, raised from its progress hook."""
+
+
+def test_an_exception_from_a_callback_cancels_our_prompt(emulator_thread_factory, tmp_path: Path) -> None:
+    emu = emulator_thread_factory(name="gpu-hook", seconds_per_node=0.5)
+    with _pool(emu) as pool:
+        graph = graph_capture.upstream_workflow(LIVE_PROMPT, "3", "image")
+        events: queue.Queue = queue.Queue()
+        job = remote_render.start(graph, pool=pool, mode="cluster", inputs={}, output_dir=tmp_path / "out",
+                                  events=events)
+
+        def hook(value: int, maximum: int) -> None:
+            raise HostInterrupt()
+
+        with pytest.raises(HostInterrupt):
+            remote_render.wait_for(job, events, pool=pool, node_count=len(graph), on_progress=hook,
+                                   on_status=lambda s: None, interrupted=lambda: False)
+        assert job.state.is_final and job.state.name == "CANCELLED"
+    ours = requests.get(f"{emu.url}/history/{job.prompt_id}", timeout=10).json().get(job.prompt_id)
+    assert ours is None or ours["status"]["status_str"] != "success"
