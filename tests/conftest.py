@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.real_components import real_comfyui, real_comfyui_factory, real_install  # noqa: F401 - fixtures
+
 _PREFIXES = ("NUKE_COMFYUI_", "RUNPOD_", "COMFY_CLUSTER_")
 
 
