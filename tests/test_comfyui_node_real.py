@@ -6,7 +6,9 @@ and the key stays out of logs, history and messages."""
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,12 @@ from comfy_cluster.emulator.runpod import RunPodEmulator
 
 from .comfyui_real_helpers import ComfyClient
 from .helpers import wait_until
-from .real_components import start_real_comfyui
+from .real_components import require_real, start_real_comfyui
 
-PACKAGE = Path(__file__).resolve().parents[1] / "comfyui_comfy_cluster"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "comfyui_comfy_cluster"
+#: The core as ComfyUI's Python sees it in tests (users pip-install the repo instead).
+CORE_ENV = {"PYTHONPATH": str(REPO)}
 KEY = "rpa_REALNODE_a1b2c3d4e5f60718"
 EID = "ep-real-node"
 COLOR = 0x336699
@@ -55,6 +60,16 @@ def graph(mode: str, **node_inputs: Any) -> dict[str, Any]:
     }
 
 
+def require_core(layout: Any) -> None:
+    """The core must import in ComfyUI's Python (its deps: requests, websocket-client, ...)."""
+    probe = subprocess.run([str(layout.comfyui_python), "-c", "import comfy_cluster.pool, comfy_cluster.runpod_admin"],
+                           env={**os.environ, **CORE_ENV}, capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        pytest.fail(f"comfy_cluster does not import in ComfyUI's Python {layout.comfyui_python}: "
+                    f"{probe.stderr.strip().splitlines()[-1]}; install its dependencies there: "
+                    f"{layout.comfyui_python} -m pip install {REPO}", pytrace=False)
+
+
 def runpod_env(emu: RunPodEmulator, key: str = KEY) -> dict[str, str]:
     policy = {"base_url": emu.base_url, "admin_url": f"{emu.url}/v1", "admin_v2_url": f"{emu.url}/v2",
               "graphql_url": f"{emu.url}/graphql", "price_per_second": 0.001, "status_poll_min": 0.05,
@@ -65,6 +80,7 @@ def runpod_env(emu: RunPodEmulator, key: str = KEY) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Two emulated servers, a RunPod emulator (own worker) and a real ComfyUI using all three."""
+    require_core(require_real())
     base = tmp_path_factory.mktemp("real-node")
     servers = [EmulatorProcess(name=f"gpu-0{i}").start() for i in (1, 2)]
     worker = EmulatorProcess(name="rp-worker").start()
@@ -73,7 +89,7 @@ def stack(tmp_path_factory):
     env = {"NUKE_COMFYUI_SERVERS": json.dumps([{"name": s.name, "ip": "127.0.0.1", "port": s.port}
                                                for s in servers]),
            "NUKE_COMFYUI_POLL_INTERVAL": "0.5", "COMFY_CLUSTER_STATE_DIR": str(base / "state"),
-           **runpod_env(runpod)}
+           **runpod_env(runpod), **CORE_ENV}
     comfy = None
     try:
         comfy = start_real_comfyui(base / "comfyui", custom_nodes=(PACKAGE,), env=env)
@@ -162,7 +178,8 @@ def test_runpod_mode_returns_pixels_shows_cost_and_keeps_the_key_out(stack) -> N
     outputs = list((comfy.output_dir / "comfy_cluster").rglob("*.png"))
     assert outputs and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in outputs)
     history = json.dumps(client.history(prompt_id))
-    for where, text in (("log", comfy.log()), ("history", history), ("messages", json.dumps(run.messages)),
+    log = comfy.log_path.read_text(errors="replace")
+    for where, text in (("log", log), ("history", history), ("messages", json.dumps(run.messages)),
                         ("texts", json.dumps(run.texts))):
         assert KEY not in text, f"the RunPod key leaked into the {where}"
 
@@ -238,14 +255,14 @@ def _running_on(servers: list[EmulatorProcess]) -> tuple[EmulatorProcess, str] |
     return None
 
 
-def test_a_refused_key_is_explained_without_the_key(tmp_path: Path) -> None:
+def test_a_refused_key_is_explained_without_the_key(real_install, tmp_path: Path) -> None:
     server = EmulatorProcess(name="gpu-solo").start()
     runpod = RunPodEmulator(endpoint_id=EID, api_key=KEY, comfy_urls=[server.url]).start()
     wrong = "rpa_WRONG_99887766554433221100"
     comfy = None
     try:
         env = {"NUKE_COMFYUI_SERVERS": json.dumps([{"name": "gpu-solo", "ip": "127.0.0.1", "port": server.port}]),
-               "COMFY_CLUSTER_STATE_DIR": str(tmp_path / "state"), **runpod_env(runpod, key=wrong)}
+               "COMFY_CLUSTER_STATE_DIR": str(tmp_path / "state"), **runpod_env(runpod, key=wrong), **CORE_ENV}
         comfy = start_real_comfyui(tmp_path / "comfyui", custom_nodes=(PACKAGE,), env=env)
         client = ComfyClient(comfy.url)
         try:
@@ -253,7 +270,7 @@ def test_a_refused_key_is_explained_without_the_key(tmp_path: Path) -> None:
         finally:
             client.close()
         answer = requests.get(f"{comfy.url}/api/comfy_cluster/workers", timeout=30).json()
-        log = comfy.log()
+        log = comfy.log_path.read_text(errors="replace")
     finally:
         if comfy is not None:
             comfy.stop()
