@@ -4,14 +4,27 @@ read the websocket until the prompt ends (text frames and the binary progress-te
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import websocket
+
+from comfy_cluster.emulator.runpod import RunPodEmulator
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "comfyui_comfy_cluster"
+#: The core as ComfyUI's Python sees it in tests (users pip-install the repo instead).
+CORE_ENV = {"PYTHONPATH": str(REPO)}
+KEY = "rpa_REALNODE_a1b2c3d4e5f60718"
+EID = "ep-real-node"
 
 #: ComfyUI's BinaryEventTypes.TEXT (send_progress_text).
 BINARY_TEXT = 3
@@ -89,3 +102,20 @@ class ComfyClient:
 
     def history(self, prompt_id: str) -> dict[str, Any]:
         return requests.get(f"{self.url}/history/{prompt_id}", timeout=30).json()[prompt_id]
+
+
+def require_core(layout: Any) -> None:
+    """The core must import in ComfyUI's Python (its deps: requests, websocket-client, ...)."""
+    probe = subprocess.run([str(layout.comfyui_python), "-c", "import comfy_cluster.pool, comfy_cluster.runpod_admin"],
+                           env={**os.environ, **CORE_ENV}, capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        pytest.fail(f"comfy_cluster does not import in ComfyUI's Python {layout.comfyui_python}: "
+                    f"{probe.stderr.strip().splitlines()[-1]}; install its dependencies there: "
+                    f"{layout.comfyui_python} -m pip install {REPO}", pytrace=False)
+
+
+def runpod_env(emu: RunPodEmulator, key: str = KEY) -> dict[str, str]:
+    policy = {"base_url": emu.base_url, "admin_url": f"{emu.url}/v1", "admin_v2_url": f"{emu.url}/v2",
+              "graphql_url": f"{emu.url}/graphql", "price_per_second": 0.001, "status_poll_min": 0.05,
+              "overflow_after_s": 3600.0}
+    return {"RUNPOD_ENDPOINT_ID": EID, "RUNPOD_API_KEY": key, "NUKE_COMFYUI_RUNPOD": json.dumps(policy)}

@@ -6,9 +6,7 @@ and the key stays out of logs, history and messages."""
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,10 @@ from PIL import Image
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.emulator.runpod import RunPodEmulator
 
-from .comfyui_real_helpers import ComfyClient
+from .comfyui_real_helpers import CORE_ENV, EID, KEY, PACKAGE, ComfyClient, require_core, runpod_env
 from .helpers import wait_until
 from .real_components import require_real, start_real_comfyui
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "comfyui_comfy_cluster"
-#: The core as ComfyUI's Python sees it in tests (users pip-install the repo instead).
-CORE_ENV = {"PYTHONPATH": str(REPO)}
-KEY = "rpa_REALNODE_a1b2c3d4e5f60718"
-EID = "ep-real-node"
 COLOR = 0x336699
 
 
@@ -58,23 +50,6 @@ def graph(mode: str, **node_inputs: Any) -> dict[str, Any]:
         "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": f"down_{mode}"}},
     }
-
-
-def require_core(layout: Any) -> None:
-    """The core must import in ComfyUI's Python (its deps: requests, websocket-client, ...)."""
-    probe = subprocess.run([str(layout.comfyui_python), "-c", "import comfy_cluster.pool, comfy_cluster.runpod_admin"],
-                           env={**os.environ, **CORE_ENV}, capture_output=True, text=True, timeout=120)
-    if probe.returncode != 0:
-        pytest.fail(f"comfy_cluster does not import in ComfyUI's Python {layout.comfyui_python}: "
-                    f"{probe.stderr.strip().splitlines()[-1]}; install its dependencies there: "
-                    f"{layout.comfyui_python} -m pip install {REPO}", pytrace=False)
-
-
-def runpod_env(emu: RunPodEmulator, key: str = KEY) -> dict[str, str]:
-    policy = {"base_url": emu.base_url, "admin_url": f"{emu.url}/v1", "admin_v2_url": f"{emu.url}/v2",
-              "graphql_url": f"{emu.url}/graphql", "price_per_second": 0.001, "status_poll_min": 0.05,
-              "overflow_after_s": 3600.0}
-    return {"RUNPOD_ENDPOINT_ID": EID, "RUNPOD_API_KEY": key, "NUKE_COMFYUI_RUNPOD": json.dumps(policy)}
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +100,12 @@ def test_object_info_lists_the_node_and_the_ui_is_served(stack) -> None:
     assert node["input"]["required"]["mode"][0] == ["local", "cluster", "runpod"]
     assert node["input"]["optional"]["image"][1]["lazy"] is True
     assert set(node["input"]["hidden"]) == {"prompt", "unique_id", "extra_pnginfo"}
-    assert "/extensions/comfyui_comfy_cluster/comfy_cluster.js" in requests.get(f"{comfy.url}/api/extensions",
-                                                                                 timeout=30).json()
+    scripts = requests.get(f"{comfy.url}/api/extensions", timeout=30).json()
+    ours = [s for s in scripts if s.endswith("/comfy_cluster.js")]
+    assert ours == ["/extensions/comfyui_comfy_cluster/comfy_cluster.js"]     # served once, from WEB_DIRECTORY
+    log = comfy.log_path.read_text(errors="replace")
+    assert "Unable to parse pyproject.toml" not in log
+    assert not [line for line in log.splitlines() if "IMPORT FAILED" in line and "comfyui_comfy_cluster" in line]
     js = requests.get(f"{comfy.url}/extensions/comfyui_comfy_cluster/comfy_cluster.js", timeout=30)
     assert js.status_code == 200 and "registerSidebarTab" in js.text
 
