@@ -94,6 +94,7 @@ async function addButton() {
 function cell(row, text, cls) {
   const td = document.createElement("td");
   td.textContent = text;
+  td.style.padding = "2px 4px 2px 0";
   if (cls) td.className = cls;
   row.appendChild(td);
 }
@@ -102,10 +103,16 @@ function seconds(value) {
   return value === null || value === undefined ? "–" : `${Number(value).toFixed(1)} s`;
 }
 
+// "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync" -> "RTX 4090"
 function gpu(server) {
   const devices = server.devices || [];
   if (!devices.length) return "–";
-  return devices.map((d) => d.name || d.type || "?").join(", ");
+  return devices
+    .map((d) => String(d.name || d.type || "?")
+      .replace(/^\S+:\d+\s+/, "")
+      .replace(/\s+:\s+\S+$/, "")
+      .replace(/^NVIDIA\s+(GeForce\s+)?/, ""))
+    .join(", ");
 }
 
 function renderTab() {
@@ -129,12 +136,14 @@ function renderTab() {
   } else {
     const table = document.createElement("table");
     table.className = "comfy-cluster-servers";
-    table.style.width = "100%";
+    table.style.cssText = "width:100%;font-size:12px;border-collapse:collapse";
     const head = document.createElement("tr");
+    const titles = { Queue: "running + pending", "s/job": "seconds per job (recent average)" };
     for (const h of ["Server", "State", "Queue", "GPU", "s/job"]) {
       const th = document.createElement("th");
       th.textContent = h;
-      th.style.textAlign = "left";
+      th.title = titles[h] || "";
+      th.style.cssText = "text-align:left;padding:2px 4px 2px 0";
       head.appendChild(th);
     }
     table.appendChild(head);
@@ -142,6 +151,7 @@ function renderTab() {
       const row = document.createElement("tr");
       row.dataset.server = s.name;
       row.className = `comfy-cluster-server state-${s.state}`;
+      row.title = s.last_error || s.address;
       cell(row, s.name, "name");
       cell(row, s.enabled ? s.state : `${s.state} (disabled)`, "state");
       cell(row, `${s.queue_running}+${s.queue_pending}`, "queue");
@@ -154,18 +164,23 @@ function renderTab() {
       const row = document.createElement("tr");
       row.dataset.server = rp.name;
       row.className = `comfy-cluster-server comfy-cluster-runpod state-${rp.state}`;
+      row.title = rp.blocked_reason || rp.last_error || "RunPod serverless";
       cell(row, rp.name, "name");
-      cell(row, rp.blocked_reason ? `${rp.state} (${rp.blocked_reason})` : rp.state, "state");
-      const w = rp.workers || {};
+      cell(row, rp.state, "state");
       cell(row, `${rp.in_flight}/${rp.max_concurrent}`, "queue");
-      cell(row, `workers ${w.running || 0} running, ${w.idle || 0} idle; min ${rp.workers_min ?? "?"}`, "gpu");
+      cell(row, "serverless", "gpu");
       cell(row, seconds(rp.seconds_per_job), "spj");
       table.appendChild(row);
-      const spend = document.createElement("p");
-      spend.className = "comfy-cluster-spend";
-      spend.textContent = `RunPod today: $${Number(rp.spend_today || 0).toFixed(4)}`;
+      const w = rp.workers || {};
+      const details = document.createElement("p");
+      details.className = "comfy-cluster-runpod-details";
+      details.style.fontSize = "12px";
+      details.textContent =
+        `RunPod workers: ${w.running || 0} running, ${w.idle || 0} idle, min ${rp.workers_min ?? "?"}` +
+        ` / max ${rp.workers_max ?? "?"}. Spent today: $${Number(rp.spend_today || 0).toFixed(4)}` +
+        (rp.blocked_reason ? `. Not taking work: ${rp.blocked_reason}` : "");
       root.appendChild(table);
-      root.appendChild(spend);
+      root.appendChild(details);
     } else {
       root.appendChild(table);
     }
