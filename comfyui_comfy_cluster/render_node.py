@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -89,6 +88,7 @@ class RemoteRender:
                 workflow_json: str, input_binding: str) -> torch.Tensor:
         pool = SESSION.pool()
         run_dir = Path(folder_paths.get_output_directory()) / "comfy_cluster" / uuid.uuid4().hex[:12]
+        run_dir.mkdir(parents=True, mode=0o700)      # owner-only before any file lands in it
         inputs: dict[str, Path] = {}
         if workflow_json.strip():
             workflow: Any = graph_capture.parse_api_workflow(workflow_json)
@@ -96,8 +96,7 @@ class RemoteRender:
                 if input_image.shape[0] != 1:
                     raise ComfyClusterError(f"input_image holds {input_image.shape[0]} images; the workflow "
                                             f"input {input_binding} takes one")
-                staged = image_batch.batch_to_pngs(input_image, Path(tempfile.mkdtemp(prefix="comfy-cluster-")),
-                                                   f"node{unique_id}")
+                staged = image_batch.batch_to_pngs(input_image, run_dir / "inputs", f"node{unique_id}")
                 inputs[input_binding] = staged[0]
         else:
             workflow = graph_capture.upstream_workflow(prompt, unique_id, "image",

@@ -100,7 +100,8 @@ def main() -> None:
             log.info("wrote docs/comfyui_min_workers.png")
 
             servers[2].kill()
-            page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.comfy-cluster')")
+            page.evaluate("(id) => window.app.extensionManager.command.execute(id)",
+                          "Workspace.ToggleSidebarTab.comfy-cluster")
             row = page.locator('.comfy-cluster-server[data-server="gpu-03"] td.state')
             row.wait_for(timeout=30_000)
             wait(lambda: row.inner_text() == "offline", 60, "gpu-03 offline in the tab")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,38 @@ def test_a_refused_key_is_explained_without_the_key(real_install, tmp_path: Path
     assert answer["status"] == "error" and "RUNPOD_API_KEY" in answer["message"]
     assert wrong not in answer["message"] and EID not in answer["message"]
     assert wrong not in log
+
+
+def test_worker_routes_read_toggle_and_serialise_rapid_clicks(stack) -> None:
+    comfy, _, runpod = stack
+    workers = requests.get(f"{comfy.url}/api/comfy_cluster/workers", timeout=30).json()
+    assert workers["status"] == "ok" and (workers["workersMin"], workers["workersMax"]) == (0, 2)
+    assert {"running", "idle"} <= set(workers) and EID not in json.dumps(workers)
+    bad = requests.post(f"{comfy.url}/api/comfy_cluster/workers/min", json={"workersMin": 5}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["status"] == "error"
+
+    def click(n: int, answers: dict) -> None:
+        answers[n] = requests.post(f"{comfy.url}/api/comfy_cluster/workers/min", json={"workersMin": n},
+                                   timeout=60).json()
+
+    answers: dict[int, dict] = {}
+    patches = runpod.count("PATCH", f"/v2/serverless/{EID}")
+    runpod.set(admin_delay_s=5.0)
+    try:
+        first = threading.Thread(target=click, args=(1, answers))
+        first.start()
+        wait_until(lambda: runpod.count("PATCH", f"/v2/serverless/{EID}") > patches, 30, "the first write sent")
+        second = threading.Thread(target=click, args=(0, answers))
+        second.start()
+        # the slow write runs in an executor: ComfyUI's loop still answers meanwhile
+        assert requests.get(f"{comfy.url}/api/comfy_cluster/status", timeout=30).json()["status"] == "ok"
+        assert first.is_alive()
+        first.join(60)
+        second.join(60)
+    finally:
+        runpod.set(admin_delay_s=0.0)
+    assert answers[1]["message"] == "Min workers 0 -> 1" and answers[1]["workersMin"] == 1
+    assert answers[0]["message"] == "Min workers 1 -> 0" and answers[0]["workersMin"] == 0
+    assert runpod.endpoint()["workersMin"] == 0
+    again = requests.post(f"{comfy.url}/api/comfy_cluster/workers/min", json={"workersMin": 0}, timeout=30).json()
+    assert again["status"] == "ok" and not again["changed"] and "already 0" in again["message"]
