@@ -8,6 +8,7 @@ key nor the endpoint id reaches a browser.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: Fields that change on every probe; a pushed snapshot ignores them when deciding "changed".
 _VOLATILE = ("last_status_check",)
+#: Shorter "secrets" are not redacted (see ``AppSession._secrets``).
+MIN_SECRET_LEN = 6
 
 
 class AppSession:
@@ -93,7 +96,23 @@ class AppSession:
         text = str(err) if isinstance(err, ComfyClusterError) else f"unexpected error: {type(err).__name__}"
         if not isinstance(err, ComfyClusterError):
             log.error("cluster route failed", exc_info=err)
-        return {"status": "error", "message": redact(text, self._secrets())}
+        return {"status": "error", "message": self.redact(text)}
+
+    def redact(self, text: str) -> str:
+        """``text`` without the RunPod key, server tokens or the endpoint id (named by variable instead)."""
+        return redact(text, self._secrets())
+
+    def secret_in(self, *documents: Any) -> str | None:
+        """The variable whose key or token appears in any of ``documents`` (JSON-able), else None.
+
+        A key pasted into a widget would travel in every saved workflow and PNG. (The endpoint
+        id is kept from browsers but is no credential: a workflow may name it.)
+        """
+        text = "\n".join(json.dumps(d, default=str) for d in documents if d is not None)
+        for value, label in self._secrets().items():
+            if value in text and label != "(RUNPOD_ENDPOINT_ID)":
+                return label.strip("()")
+        return None
 
     def _scrub(self, answer: Any) -> Any:
         """An answer for a browser: no ``endpoint_id`` field, no secret inside any string."""
@@ -108,13 +127,17 @@ class AppSession:
         return scrub(answer)
 
     def _secrets(self) -> dict[str, str]:
-        """The values that must never leave the server, each with what to show instead."""
+        """The values that must never leave the server, each with what to show instead.
+
+        Values under ``MIN_SECRET_LEN`` are left out: replacing "1" everywhere would garble
+        every message, and such a value protects nothing anyway.
+        """
         secrets = {}
         endpoint_id = (self._environ.get("RUNPOD_ENDPOINT_ID") or "").strip()
-        if endpoint_id:
+        if len(endpoint_id) >= MIN_SECRET_LEN:
             secrets[endpoint_id] = "(RUNPOD_ENDPOINT_ID)"
         for name, value in self._environ.items():
-            if name.endswith(("_API_KEY", "_TOKEN")) and value.strip():
+            if name.endswith(("_API_KEY", "_TOKEN")) and len(value.strip()) >= MIN_SECRET_LEN:
                 secrets[value.strip()] = f"({name})"
         return secrets
 

@@ -71,6 +71,10 @@ class RemoteRender:
     def render(self, mode: str, prompt: dict[str, Any], unique_id: str, image: Any = None,
                workflow_json: str = "", input_image: Any = None, input_binding: str = "LoadImage.image",
                extra_pnginfo: Any = None) -> dict[str, Any]:
+        leaked = SESSION.secret_in(prompt, extra_pnginfo, workflow_json)
+        if leaked:
+            raise ValueError(f"Remote Render node {unique_id}: the value of {leaked} appears in this workflow; "
+                             "remove it: saved workflows and images carry every widget value")
         if mode == "local":
             if image is None:
                 raise ValueError(f"Remote Render node {unique_id}: local mode passes 'image' through; connect it")
@@ -82,7 +86,7 @@ class RemoteRender:
             mm.throw_exception_if_processing_interrupted()
             raise
         except ComfyClusterError as err:
-            raise RuntimeError(f"Remote Render node {unique_id} ({mode}): {err}") from None
+            raise RuntimeError(f"Remote Render node {unique_id} ({mode}): {SESSION.redact(str(err))}") from None
 
     def _remote(self, mode: str, prompt: dict[str, Any], unique_id: str, input_image: Any,
                 workflow_json: str, input_binding: str) -> torch.Tensor:

@@ -115,7 +115,8 @@ def require_core(layout: Any) -> None:
 
 
 def runpod_env(emu: RunPodEmulator, key: str = KEY) -> dict[str, str]:
-    policy = {"base_url": emu.base_url, "admin_url": f"{emu.url}/v1", "admin_v2_url": f"{emu.url}/v2",
+    policy = {"base_url": f"{emu.url}/v2/{{endpoint_id}}", "admin_url": f"{emu.url}/v1",
+              "admin_v2_url": f"{emu.url}/v2",
               "graphql_url": f"{emu.url}/graphql", "price_per_second": 0.001, "status_poll_min": 0.05,
               "overflow_after_s": 3600.0}
     return {"RUNPOD_ENDPOINT_ID": EID, "RUNPOD_API_KEY": key, "NUKE_COMFYUI_RUNPOD": json.dumps(policy)}

@@ -200,7 +200,8 @@ def runpod(emulator_thread_factory):
 
 def _runpod_env(emu: RunPodEmulator, tmp_path: Path, key: str = KEY) -> dict[str, str]:
     """RunPod on the emulator; the one studio server is a closed port (offline)."""
-    policy = {"base_url": emu.base_url, "admin_url": f"{emu.url}/v1", "admin_v2_url": f"{emu.url}/v2",
+    policy = {"base_url": f"{emu.url}/v2/{{endpoint_id}}", "admin_url": f"{emu.url}/v1",
+              "admin_v2_url": f"{emu.url}/v2",
               "graphql_url": f"{emu.url}/graphql", "price_per_second": 0.001, "status_poll_min": 0.05}
     return {"RUNPOD_ENDPOINT_ID": EID, "RUNPOD_API_KEY": key, "NUKE_COMFYUI_RUNPOD": json.dumps(policy),
             "NUKE_COMFYUI_SERVERS": json.dumps([{"name": "studio", "ip": "127.0.0.1", "port": 9}]),
@@ -291,3 +292,28 @@ def test_an_exception_from_a_callback_cancels_our_prompt(emulator_thread_factory
         assert job.state.is_final and job.state.name == "CANCELLED"
     ours = requests.get(f"{emu.url}/history/{job.prompt_id}", timeout=10).json().get(job.prompt_id)
     assert ours is None or ours["status"]["status_str"] != "success"
+
+
+def test_an_unknown_endpoint_is_explained_without_its_id(runpod, tmp_path: Path) -> None:
+    env = {**_runpod_env(runpod, tmp_path), "RUNPOD_ENDPOINT_ID": "ep-deleted-long-ago"}
+    session = AppSession(env)
+    try:
+        pool = session.pool()
+        events: queue.Queue = queue.Queue()
+        job = remote_render.start(graph_capture.upstream_workflow(LIVE_PROMPT, "3", "image"), pool=pool,
+                                  mode="runpod", inputs={}, output_dir=tmp_path / "out", events=events)
+        with pytest.raises(Exception) as info:
+            remote_render.wait_for(job, events, pool=pool, node_count=3, on_progress=lambda v, m: None,
+                                   on_status=lambda s: None, interrupted=lambda: False)
+    finally:
+        session.close()
+    assert "404" in str(info.value) and "not found" in str(info.value)
+    shown = session.redact(str(info.value))
+    assert "ep-deleted-long-ago" not in shown and "(RUNPOD_ENDPOINT_ID)" in shown and KEY not in shown
+
+
+def test_secret_in_names_the_variable_not_the_value() -> None:
+    session = AppSession({"RUNPOD_API_KEY": KEY, "RUNPOD_ENDPOINT_ID": EID})
+    assert session.secret_in(LIVE_PROMPT, None, "") is None
+    pasted = {"workflow": {"nodes": [{"widgets_values": [f"Bearer {KEY}"]}]}}
+    assert session.secret_in(LIVE_PROMPT, pasted) == "RUNPOD_API_KEY"

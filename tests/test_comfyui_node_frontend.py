@@ -45,8 +45,12 @@ def test_min_workers_button_shows_and_flips_the_endpoint(page_stack) -> None:
         button = page.locator(BUTTON)
         button.wait_for(timeout=30_000)
         wait_until(lambda: button.inner_text().strip() == "Min Workers: 0 (Cost Saving)", 30, "the cold label")
+        runpod.set(admin_delay_s=3.0)
         button.click()
+        wait_until(lambda: "setting 1" in button.inner_text(), 10, "the loading label")
+        assert button.is_disabled() and runpod.endpoint()["workersMin"] == 0
         wait_until(lambda: runpod.endpoint()["workersMin"] == 1, 30, "workersMin 1 on the endpoint")
+        runpod.set(admin_delay_s=0.0)
         wait_until(lambda: button.inner_text().strip() == "Min Workers: 1 (Always Ready)", 30, "the warm label")
         toast = page.locator(".p-toast-message").first
         toast.wait_for(timeout=10_000)
@@ -54,6 +58,14 @@ def test_min_workers_button_shows_and_flips_the_endpoint(page_stack) -> None:
         button.click()
         wait_until(lambda: button.inner_text().strip() == "Min Workers: 0 (Cost Saving)", 30, "the cold label again")
         assert runpod.endpoint()["workersMin"] == 0
+        runpod.set(admin_apis=())                      # every admin API answers 404 now
+        page.evaluate("() => window.app.extensionManager.toast.removeAll()")
+        button.click()
+        failure = page.locator(".p-toast-message-error").first
+        failure.wait_for(timeout=30_000)
+        assert "RunPod min workers" in failure.inner_text()
+        wait_until(lambda: button.inner_text().strip() == "Min Workers: 0 (Cost Saving)", 30, "the label kept")
+        assert not button.is_disabled()
         page_text = page.content()
     assert KEY not in page_text and EID not in page_text
     assert not [e for e in errors if "Error loading extension" in e or "comfy_cluster" in e], errors

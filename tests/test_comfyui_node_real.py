@@ -298,3 +298,16 @@ def test_worker_routes_read_toggle_and_serialise_rapid_clicks(stack) -> None:
     assert runpod.endpoint()["workersMin"] == 0
     again = requests.post(f"{comfy.url}/api/comfy_cluster/workers/min", json={"workersMin": 0}, timeout=30).json()
     assert again["status"] == "ok" and not again["changed"] and "already 0" in again["message"]
+
+
+def test_a_key_pasted_into_the_workflow_is_refused_by_name(stack) -> None:
+    comfy, _, _ = stack
+    client = ComfyClient(comfy.url)
+    try:
+        pasted = {"workflow": {"nodes": [{"id": 9, "type": "Note", "widgets_values": [f"key: {KEY}"]}]}}
+        run = client.follow(client.queue(graph("cluster"), extra_pnginfo=pasted))
+    finally:
+        client.close()
+    assert run.ending == "execution_error"
+    message = run.of("execution_error")[0]["exception_message"]
+    assert "RUNPOD_API_KEY appears in this workflow" in message and KEY not in message
