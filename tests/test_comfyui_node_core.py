@@ -7,6 +7,9 @@ import json
 import math
 import queue
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -16,10 +19,10 @@ import requests
 
 from comfy_cluster import graph_capture, image_batch, remote_render
 from comfy_cluster.app_session import AppSession, comparable, redact
+from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.runpod import RunPodEmulator
 from comfy_cluster.errors import ConfigError, Interrupted, TransferError, WorkflowError
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.config import ServerConfig
 
 from .helpers import wait_until
 
@@ -317,3 +320,25 @@ def test_secret_in_names_the_variable_not_the_value() -> None:
     assert session.secret_in(LIVE_PROMPT, None, "") is None
     pasted = {"workflow": {"nodes": [{"widgets_values": [f"Bearer {KEY}"]}]}}
     assert session.secret_in(LIVE_PROMPT, pasted) == "RUNPOD_API_KEY"
+
+
+def test_the_front_modules_import_without_torch_or_comfyui() -> None:
+    """The ComfyUI package does the torch/ComfyUI side; the core modules under it stay plain."""
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys
+
+        class Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "comfy", "server", "folder_paths", "nodes", "aiohttp"):
+                    raise ImportError(f"{name} is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        import comfy_cluster.app_session, comfy_cluster.graph_capture, comfy_cluster.image_batch
+        import comfy_cluster.remote_render
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
