@@ -58,8 +58,10 @@ HANDLER_GIT = "https://github.com/runpod-workers/worker-comfyui.git"
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 # ComfyUI's requirements.txt minus these (torch is pinned above; torchaudio is not needed on the CPU).
 SKIPPED_REQUIREMENTS = ("torch", "torchaudio")
-# Imported by app/frontend_management.py yet missing from 0.3.64's requirements.txt.
-COMFYUI_EXTRA = ("requests",)
+# requests: imported by app/frontend_management.py yet missing from 0.3.64's requirements.txt;
+# websocket-client: the comfy_cluster core's one runtime dependency ComfyUI lacks (the custom-node
+# package imports the core in ComfyUI's Python).
+COMFYUI_EXTRA = ("requests", "websocket-client")
 LAYOUT_VERSION = 1
 
 STAMP = {
