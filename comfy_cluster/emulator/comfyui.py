@@ -254,7 +254,10 @@ class Validator:
         if not outputs:
             return False, _error("prompt_no_outputs", "Prompt has no outputs", ""), [], {}
 
-        good, failed, node_errors, validated = [], [], {}, {}
+        good: list[str] = []
+        failed: list[tuple[str, list]] = []
+        node_errors: dict[str, dict] = {}
+        validated: dict[str, tuple[bool, list]] = {}
         for out in outputs:
             try:
                 valid, reasons = self._validate_inputs(prompt, out, validated)
@@ -288,6 +291,7 @@ class Validator:
         valid = True
         for name in [*node_def.required, *node_def.optional]:
             category, spec = node_def.input_spec(name)
+            assert spec is not None   # required and optional inputs always have a spec
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
             info = [kind if kind != INPUT_FILES else [], options]
             if name not in inputs:
@@ -346,10 +350,10 @@ class Validator:
                                      input_name=name, input_config=info, received_value=value))
                 continue
         if node_def.validate is not None and not errors:
-            result = node_def.validate(self.dirs, inputs)
-            if result is not True:
+            verdict = node_def.validate(self.dirs, inputs)
+            if verdict is not True:
                 name = node_def.validated_inputs[0]
-                details = name if result is False else f"{name} - {result}"
+                details = name if verdict is False else f"{name} - {verdict}"
                 errors.append(_error("custom_validation_failed", "Custom validation failed for node", details, input_name=name))
         result = (not errors and valid, errors)
         validated[node_id] = result
@@ -599,9 +603,9 @@ async def _origin_only(request: web.Request, handler: Callable) -> web.StreamRes
         host_parsed = urllib.parse.urlsplit("//" + host_domain)
         loopback = _is_loopback(host_parsed.hostname)
         if parsed.port is None:
-            host_domain = host_parsed.hostname
+            host_domain = host_parsed.hostname or ""
         if host_parsed.port is None:
-            origin_domain = parsed.hostname
+            origin_domain = parsed.hostname or ""
         if loopback and host_domain and origin_domain and host_domain != origin_domain:
             return web.Response(status=403)
     return await handler(request)
@@ -865,10 +869,10 @@ class ComfyEmulator:
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
         targets = body.get("partial_execution_targets")
-        valid, error, outputs, node_errors = self.validator.validate_prompt(prompt, targets)
+        valid, problem, outputs, node_errors = self.validator.validate_prompt(prompt, targets)
         if not valid:
-            log.debug("emulator %s: invalid prompt: %s", self.name, error)
-            return self._json({"error": error, "node_errors": node_errors}, status=400)
+            log.debug("emulator %s: invalid prompt: %s", self.name, problem)
+            return self._json({"error": problem, "node_errors": node_errors}, status=400)
         for key in SENSITIVE_EXTRA_DATA_KEYS:
             extra_data.pop(key, None)
         self.queue.put((number, prompt_id, prompt, extra_data, outputs))

@@ -386,7 +386,8 @@ class RunPodEmulator:
                 fault = name
                 break
         eid = request.match_info["eid"]
-        policy = body.get("policy") if isinstance(body.get("policy"), dict) else {}
+        raw_policy = body.get("policy")
+        policy = raw_policy if isinstance(raw_policy, dict) else {}
         timeout_ms = policy.get("executionTimeout") or self.endpoints[eid].get("executionTimeoutMs") or 600_000
         job_id = (f"sync-{uuid.uuid4()}" if sync else f"{uuid.uuid4()}-u1")
         job = Job(id=job_id, endpoint=eid, input=body["input"], submitted=time.monotonic(), sync=sync,
