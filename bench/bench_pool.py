@@ -33,7 +33,8 @@ from comfy_cluster.comfy_api import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer, ServerState
+from comfy_cluster.backend import ServerState
+from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer
 
 PROMPT = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},

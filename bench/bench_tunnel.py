@@ -26,7 +26,7 @@ from bench.scenarios import render
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import ServerState
+from comfy_cluster.backend import ServerState
 from tests.sshd import SshServer
 
 

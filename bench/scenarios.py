@@ -32,7 +32,8 @@ from comfy_cluster.jobs import BatchEvent, journal_path, read_journal
 from comfy_cluster.ledger import CostLedger
 from comfy_cluster.pool import ComfyUIServerPool
 from comfy_cluster.runpod import RunPodEndpoint
-from comfy_cluster.server import PUSHED_POLL_S, ServerState
+from comfy_cluster.backend import ServerState
+from comfy_cluster.server import PUSHED_POLL_S
 
 #: One cheap frame: an 8x8 image, saved. The simulated GPU time is the emulator's seconds_per_job.
 WORKFLOW = {

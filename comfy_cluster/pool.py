@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 
-from .backend import Backend
+from .backend import Backend, ServerState
 from .comfy_api import Timeouts
 from .config import ClusterConfig, ServerConfig, load_config, load_config_file
 from .config_edit import ConfigWatcher
 from .errors import ComfyClusterError, MissingNodes, capped
-from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerState, ServerStatus
+from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerStatus
 from .transfer import UploadCache
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,12 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from urllib3 import exceptions as u3
 
-from .backend import EventCallback, OutputRef, PromptRequest, PromptResult
+from .backend import EventCallback, OutputRef, PromptRequest, PromptResult, ServerState
 from .comfy_api import ComfyClient, Device, Event, PromptTracker, QueueState, Timeouts
 from .config import ServerConfig
 from .errors import (
@@ -71,16 +70,6 @@ PUSHED_POLL_S = 10.0
 #: ``listener(server, old_state, new_state)``: called after the cache changed (the states
 #: are equal when only queue counts moved), never under the lock.
 ChangeListener = Callable[["ComfyUIServer", "ServerState", "ServerState"], None]
-
-
-class ServerState(str, Enum):
-    """What a server can do right now, from the status cache."""
-
-    ONLINE = "online"
-    BUSY = "busy"
-    BOOTING = "booting"
-    OFFLINE = "offline"
-    DISABLED = "disabled"
 
 
 _READY = (ServerState.ONLINE, ServerState.BUSY)

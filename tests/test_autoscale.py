@@ -14,7 +14,7 @@ from comfy_cluster.ledger import CostLedger
 from comfy_cluster.pod_policy import PodsPolicy
 from comfy_cluster.pod_registry import POD_LEDGER_PREFIX, PodRegistry
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import ServerState
+from comfy_cluster.backend import ServerState
 from tests.helpers import wait_until
 
 KEY = "pods-test-key-0123456789"

@@ -22,7 +22,7 @@ from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import MissingNodes
 from comfy_cluster.pool import ComfyUIServerPool, PoolEvent, PoolSnapshot, Strategy
-from comfy_cluster.server import ServerState
+from comfy_cluster.backend import ServerState
 
 from tests.helpers import wait_until
 
