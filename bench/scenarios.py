@@ -25,7 +25,8 @@ import psutil
 import requests
 
 from comfy_cluster import run
-from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.client import ComfyClient
+from comfy_cluster.tracker import PromptTracker
 from comfy_cluster.config import RunPodConfig, ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.jobs import BatchEvent, journal_path, read_journal

@@ -33,7 +33,7 @@ from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 
 from .backend import Backend, ServerState
-from .comfy_api import Timeouts
+from .transport import Timeouts
 from .config import ClusterConfig, ServerConfig, load_config, load_config_file
 from .config_edit import ConfigWatcher
 from .errors import ComfyClusterError, MissingNodes, capped

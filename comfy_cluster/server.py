@@ -32,7 +32,10 @@ from urllib.parse import urlsplit
 from urllib3 import exceptions as u3
 
 from .backend import EventCallback, OutputRef, PromptRequest, PromptResult, ServerState
-from .comfy_api import ComfyClient, Device, Event, PromptTracker, QueueState, Timeouts
+from .client import ComfyClient
+from .tracker import PromptTracker
+from .transport import Timeouts
+from .wire import Device, Event, QueueState
 from .config import ServerConfig
 from .errors import (
     Cancelled,

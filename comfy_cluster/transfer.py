@@ -32,7 +32,8 @@ from .paths import PathMapper, is_absolute
 from .workflow import copy_graph
 
 if TYPE_CHECKING:
-    from .comfy_api import ComfyClient, OutputImage
+    from .client import ComfyClient
+    from .wire import OutputImage
     from .config import ServerConfig
 
 log = logging.getLogger(__name__)

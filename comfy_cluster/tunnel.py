@@ -44,7 +44,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .comfy_api import ComfyClient
+from .client import ComfyClient
 from .config import ServerConfig
 from .errors import ServerUnavailable, TunnelError
 from .ledger import state_dir

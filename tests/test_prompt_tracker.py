@@ -18,7 +18,10 @@ from typing import Any, Iterator
 import pytest
 from aiohttp import web
 
-from comfy_cluster.comfy_api import ComfyClient, Event, PromptTracker, Timeouts
+from comfy_cluster.client import ComfyClient
+from comfy_cluster.tracker import PromptTracker
+from comfy_cluster.transport import Timeouts
+from comfy_cluster.wire import Event
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import (
     Cancelled,

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from comfy_cluster.backend import PromptRequest
-from comfy_cluster.comfy_api import ComfyClient, Timeouts
+from comfy_cluster.client import ComfyClient
+from comfy_cluster.transport import Timeouts
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import Cancelled, JobTimeout, MissingNodes, ServerUnavailable

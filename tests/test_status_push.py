@@ -10,7 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from comfy_cluster.comfy_api import ComfyClient, Timeouts
+from comfy_cluster.client import ComfyClient
+from comfy_cluster.transport import Timeouts
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.pool import ComfyUIServerPool

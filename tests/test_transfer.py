@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_cluster.comfy_api import ComfyClient, HistoryEntry, OutputImage
+from comfy_cluster.client import ComfyClient
+from comfy_cluster.wire import HistoryEntry, OutputImage
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.errors import TransferError

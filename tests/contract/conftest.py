@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.client import ComfyClient
+from comfy_cluster.tracker import PromptTracker
 from comfy_cluster.emulator.process import EmulatorThread
 from tests.helpers import wait_until
 from tests.real_components import RealComfyUI
