@@ -33,13 +33,13 @@ from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 
 from .backend import Backend, ServerState
-from .transport import Timeouts
 from .config import ClusterConfig, ServerConfig
-from .config_load import load_config, load_config_file
 from .config_edit import ConfigWatcher
+from .config_load import load_config, load_config_file
 from .errors import ComfyClusterError, MissingNodes, capped
 from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerStatus
 from .transfer import UploadCache
+from .transport import Timeouts
 
 log = logging.getLogger(__name__)
 

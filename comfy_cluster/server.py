@@ -33,9 +33,6 @@ from urllib3 import exceptions as u3
 
 from .backend import EventCallback, OutputRef, PromptRequest, PromptResult, ServerState
 from .client import ComfyClient
-from .tracker import PromptTracker
-from .transport import Timeouts
-from .wire import Device, Event, QueueState
 from .config import ServerConfig
 from .errors import (
     Cancelled,
@@ -48,7 +45,10 @@ from .errors import (
     TunnelError,
 )
 from . import transfer
+from .tracker import PromptTracker
+from .transport import Timeouts
 from .tunnel import Tunnel
+from .wire import Device, Event, QueueState
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from .workflow import copy_graph
 
 if TYPE_CHECKING:
     from .client import ComfyClient
-    from .wire import OutputImage
     from .config import ServerConfig
+    from .wire import OutputImage
 
 log = logging.getLogger(__name__)
 
