@@ -29,11 +29,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from comfy_cluster.backend import ServerState
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.backend import ServerState
 from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer
 
 PROMPT = {

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from comfy_cluster.cli import main
-from comfy_cluster.config_load import load_config_file
 from comfy_cluster.config_edit import ServersFile, servers_file
+from comfy_cluster.config_load import load_config_file
 from comfy_cluster.errors import ConfigError
 from comfy_cluster.pool import ComfyUIServerPool
 from tests.helpers import wait_until

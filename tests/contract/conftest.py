@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from comfy_cluster.client import ComfyClient
-from comfy_cluster.tracker import PromptTracker
 from comfy_cluster.emulator.process import EmulatorThread
+from comfy_cluster.tracker import PromptTracker
 from tests.helpers import wait_until
 from tests.real_components import RealComfyUI
 
