@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from comfy_cluster.config import ServerConfig, load_config
+from comfy_cluster.config import ServerConfig
+from comfy_cluster.config_load import load_config
 
 
 def NUKE_COMFYUI_SERVERS(environ: Mapping[str, str] | None = None) -> list[ServerConfig]:  # noqa: N802

@@ -29,11 +29,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_cluster.comfy_api import ComfyClient
+from comfy_cluster.backend import ServerState
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer, ServerState
+from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer
 
 PROMPT = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},

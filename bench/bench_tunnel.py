@@ -23,10 +23,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.scenarios import render
+from comfy_cluster.backend import ServerState
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import ServerState
 from tests.sshd import SshServer
 
 

@@ -25,14 +25,16 @@ import psutil
 import requests
 
 from comfy_cluster import run
-from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.backend import ServerState
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import RunPodConfig, ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
 from comfy_cluster.jobs import BatchEvent, journal_path, read_journal
 from comfy_cluster.ledger import CostLedger
 from comfy_cluster.pool import ComfyUIServerPool
 from comfy_cluster.runpod import RunPodEndpoint
-from comfy_cluster.server import PUSHED_POLL_S, ServerState
+from comfy_cluster.server import PUSHED_POLL_S
+from comfy_cluster.tracker import PromptTracker
 
 #: One cheap frame: an 8x8 image, saved. The simulated GPU time is the emulator's seconds_per_job.
 WORKFLOW = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from . import run
-from .config import load_config
+from .config_load import load_config
 from .errors import (
     BindingError,
     BudgetExceeded,

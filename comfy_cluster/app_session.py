@@ -36,7 +36,7 @@ class AppSession:
 
     def pool(self) -> Any:
         """The started ``ComfyUIServerPool``; ``ConfigError`` (names the variable) on a bad setup."""
-        from .config import load_config
+        from .config_load import load_config
         from .pool import ComfyUIServerPool
 
         with self._lock:

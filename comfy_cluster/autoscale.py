@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 from urllib.parse import urlsplit
 
+from .backend import ServerState
 from .config import ServerConfig
 from .errors import ComfyClusterError
 from .ledger import CostLedger
 from .pod_policy import PodsPolicy
 from .pod_registry import PodRegistry, pod_cost, reap, record_pod_cost
 from .pods import InsufficientBalance, NoCapacity, PodInfo, PodsClient
-from .server import ServerState
 
 log = logging.getLogger(__name__)
 

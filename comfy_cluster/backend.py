@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 #: ``on_event(kind, data)``: "submitted" {backend, prompt_id}, "started" {}, "progress"
 #: {value, max, node}, "executing" {node}. Called on the backend's worker threads.
 EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class ServerState(str, Enum):
+    """What a backend can do right now, from its status cache (values are lower-case names)."""
+
+    ONLINE = "online"
+    BUSY = "busy"
+    BOOTING = "booting"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
 
 
 @dataclass

@@ -203,7 +203,7 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cluster_config(args: argparse.Namespace) -> Any:
     """The one loading path of every command: ``--servers FILE`` replaces ``NUKE_COMFYUI_SERVERS`` only."""
-    from .config import load_config
+    from .config_load import load_config
 
     return load_config(os.environ, servers_file=args.servers)
 

@@ -40,7 +40,8 @@ def _servers(args: argparse.Namespace) -> list[Any]:
 
 def health(server_cfg: Any, tunnel: Any) -> tuple[bool, str]:
     """``GET /system_stats`` through the tunnel: (ok, what to show)."""
-    from .comfy_api import ComfyClient, Timeouts
+    from .client import ComfyClient
+    from .transport import Timeouts
 
     client = ComfyClient.from_config(tunnel.client_config(server_cfg), os.environ,
                                      timeouts=Timeouts(connect=HEALTH_CONNECT_S, read=HEALTH_READ_S,

@@ -7,7 +7,7 @@ follows the same path, so a bad edit can never leave a broken file behind:
 1. read the current document (a JSON array of servers, or an object with ``servers``);
 2. apply the change to a copy, keeping every other top-level key (``runpod``, ``pods``, ...)
    and the document's form (array stays array) untouched;
-3. validate the copy exactly as loading does (``config._file_parts``, the RunPod and pods policies):
+3. validate the copy exactly as loading does (``config_load.config_from_document``):
    a ``ConfigError`` names the server and the field, and nothing is written;
 4. copy the current file to a timestamped backup in ``<state dir>/config-backups/`` (the
    newest ``KEEP_BACKUPS`` per servers file are kept);
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import config as _config
-from .config import SERVERS_VAR, ClusterConfig
+from .config import ClusterConfig
+from .config_load import ENDPOINT_ID_VAR, SERVERS_VAR, config_from_document, parse_document, read_document
 from .errors import ConfigError
 from .ledger import state_dir
 from .transfer import atomic_write
@@ -72,11 +72,9 @@ def validate_document(data: Any, source: str) -> ClusterConfig:
     The ``runpod`` object is checked even without an ``endpoint_id`` in it (loading takes
     one from ``RUNPOD_ENDPOINT_ID`` then), so a bad policy is caught at edit time.
     """
-    servers, policy, poll, pods = _config._file_parts(data, source)
-    env = {} if policy is None or "endpoint_id" in policy else {_config.ENDPOINT_ID_VAR: "edit-check"}
-    return ClusterConfig(servers=servers, source=source, runpod=_config._runpod_from_env(env, policy, source),
-                         poll_interval=_config._poll_from_env(env, poll),
-                         pods=_config._pods_from_env({}, pods, source))
+    policy = data.get("runpod") if isinstance(data, dict) else None
+    env = {ENDPOINT_ID_VAR: "edit-check"} if isinstance(policy, dict) and "endpoint_id" not in policy else {}
+    return config_from_document(data, source, env)
 
 
 def parse_value(text: str) -> Any:
@@ -125,7 +123,7 @@ class ServersFile:
             return None, None
         except OSError as err:
             raise ConfigError(f"{self.source}: cannot read the file: {err.strerror or err}") from None
-        return raw, _config._load_json(raw.decode("utf-8-sig", errors="replace"), self.source)
+        return raw, parse_document(raw.decode("utf-8-sig", errors="replace"), self.source)
 
     def read(self) -> ClusterConfig:
         """The file's configuration, validated."""
@@ -193,7 +191,7 @@ class ServersFile:
         current file that the imported one does not have are kept.
         """
         src = Path(source)
-        data = _config._read_file(src, f"@{src}")
+        data = read_document(src, f"@{src}")
         validate_document(data, f"@{src}")
         imported = data if isinstance(data, list) else data["servers"]
         extra = {} if isinstance(data, list) else {k: v for k, v in data.items() if k != "servers"}
@@ -255,7 +253,7 @@ class ServersFile:
             chosen = Path(backup)
             if not chosen.is_file() and (self.backup_dir / chosen.name).is_file():
                 chosen = self.backup_dir / chosen.name
-        data = _config._read_file(chosen, f"@{chosen}")
+        data = read_document(chosen, f"@{chosen}")
         with _edit_lock:
             cfg = validate_document(data, f"@{chosen}")
             raw, _ = self._read_raw()

@@ -32,12 +32,9 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Protocol
 
 from .errors import TransferError
-
-if TYPE_CHECKING:
-    from .config import PathMapping
 
 Direction = Literal["to_remote", "to_local"]
 
@@ -121,6 +118,16 @@ def normalize(path: str) -> str:
     return path if parsed is None else parsed.render()
 
 
+class Prefixes(Protocol):
+    """A local prefix and the server's name for it (``config.PathMapping`` is one)."""
+
+    @property
+    def local(self) -> str: ...
+
+    @property
+    def remote(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class _Rule:
     source: _Parsed
@@ -130,7 +137,7 @@ class _Rule:
 class PathMapper:
     """Maps paths between the artist's side (local) and a server's side (remote)."""
 
-    def __init__(self, mappings: Iterable[PathMapping]) -> None:
+    def __init__(self, mappings: Iterable[Prefixes]) -> None:
         pairs = []
         for mapping in mappings:
             local, remote = _parse(mapping.local), _parse(mapping.remote)

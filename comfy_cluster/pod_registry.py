@@ -9,7 +9,7 @@ use while its owner's heartbeat is fresh and its process is alive; otherwise who
 next adopts it (a starting autoscaler) or terminates it (``comfy-cluster pods reap``, for a
 cron job). No pod outlives ``max_lifetime_s``.
 
-Reads and writes go through an exclusive file lock (the one ``runpod_admin`` uses), and the
+Reads and writes go through an exclusive file lock (``locks.file_lock``), and the
 file is replaced atomically, so two clients never lose each other's records.
 """
 
@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator, Mapping
 
 from .ledger import CostLedger
 from .ledger import state_dir as default_state_dir
+from .locks import file_lock
 from .pod_policy import PodsPolicy
 from .pods import PodInfo, PodsClient
-from .runpod_admin import _file_lock
 from .transfer import atomic_write
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class PodRegistry:
     def _locked(self) -> Iterator[_State]:
         """Read, let the caller change, write back atomically; all under the file lock."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.directory / LOCK_FILE, self._lock_timeout):
+        with file_lock(self.directory / LOCK_FILE, self._lock_timeout, owner="RunPod pods", server="pods"):
             state = self._read()
             before = json.dumps(_dump(state), sort_keys=True)
             yield state

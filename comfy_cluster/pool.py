@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 
-from .backend import Backend
-from .comfy_api import Timeouts
-from .config import ClusterConfig, ServerConfig, load_config, load_config_file
+from .backend import Backend, ServerState
+from .config import ClusterConfig, ServerConfig
 from .config_edit import ConfigWatcher
+from .config_load import load_config, load_config_file
 from .errors import ComfyClusterError, MissingNodes, capped
-from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerState, ServerStatus
+from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerStatus
 from .transfer import UploadCache
+from .transport import Timeouts
 
 log = logging.getLogger(__name__)
 

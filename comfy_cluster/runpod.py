@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from .backend import EventCallback, OutputRef, PromptRequest, PromptResult
+from .backend import EventCallback, OutputRef, PromptRequest, PromptResult, ServerState
 from .bucket import MAX_URL_OUTPUT_BYTES, download_url
 from .config import RunPodConfig
 from .errors import (
@@ -52,7 +52,6 @@ from .errors import (
     WorkflowRejected,
 )
 from .ledger import CostLedger
-from .server import ServerState
 from .workflow import copy_graph
 
 log = logging.getLogger(__name__)

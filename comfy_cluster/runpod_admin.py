@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import requests
 from .config import RunPodConfig
 from .errors import ConfigError, ProtocolError, ServerUnavailable
 from .ledger import state_dir as default_state_dir
+from .locks import file_lock
 from .runpod import ENDPOINT_ID_ENV, auth_failure, json_of, send_with_retry
 
 log = logging.getLogger(__name__)
@@ -167,7 +166,8 @@ class RunPodAdmin:
                                     server="runpod")
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            with _file_lock(self.state_dir / f"runpod-admin-{self.endpoint_id}.lock", self.lock_timeout):
+            with file_lock(self.state_dir / f"runpod-admin-{self.endpoint_id}.lock", self.lock_timeout,
+                           owner="RunPod admin", server="runpod"):
                 yield
         finally:
             lock.release()
@@ -272,40 +272,6 @@ def _settings(endpoint_id: str, data: Mapping[str, Any], via: str) -> EndpointSe
     return EndpointSettings(endpoint_id=endpoint_id, name=data.get("name"), workers_min=w_min, workers_max=w_max,
                             idle_timeout=idle if isinstance(idle, int) else None,
                             workers_standby=standby if isinstance(standby, int) else None, via=via)
-
-
-@contextmanager
-def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` across processes (flock, or msvcrt on Windows)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                if sys.platform == "win32":
-                    import msvcrt
-                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                else:
-                    import fcntl
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if time.monotonic() > deadline:
-                    raise ServerUnavailable(f"RunPod admin: lock {path} still held after {timeout:g} s",
-                                            server="runpod") from err
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            if sys.platform == "win32":
-                import msvcrt
-                os.lseek(fd, 0, os.SEEK_SET)
-                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-            else:
-                import fcntl
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["EndpointSettings", "RunPodAdmin", "ToggleResult"]

@@ -20,12 +20,11 @@ import threading
 import time
 from typing import Any, Mapping
 
-from .backend import EventCallback, PromptRequest, PromptResult
+from .backend import EventCallback, PromptRequest, PromptResult, ServerState
 from .config import RunPodConfig
 from .errors import ServerUnavailable, Throttled
 from .ledger import CostLedger
 from .runpod import RunPodEndpoint, RunPodStatus
-from .server import ServerState
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,13 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from urllib3 import exceptions as u3
 
-from .backend import EventCallback, OutputRef, PromptRequest, PromptResult
-from .comfy_api import ComfyClient, Device, Event, PromptTracker, QueueState, Timeouts
+from .backend import EventCallback, OutputRef, PromptRequest, PromptResult, ServerState
+from .client import ComfyClient
 from .config import ServerConfig
 from .errors import (
     Cancelled,
@@ -46,7 +45,10 @@ from .errors import (
     TunnelError,
 )
 from . import transfer
+from .tracker import PromptTracker
+from .transport import Timeouts
 from .tunnel import Tunnel
+from .wire import Device, Event, QueueState
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +73,6 @@ PUSHED_POLL_S = 10.0
 #: ``listener(server, old_state, new_state)``: called after the cache changed (the states
 #: are equal when only queue counts moved), never under the lock.
 ChangeListener = Callable[["ComfyUIServer", "ServerState", "ServerState"], None]
-
-
-class ServerState(str, Enum):
-    """What a server can do right now, from the status cache."""
-
-    ONLINE = "online"
-    BUSY = "busy"
-    BOOTING = "booting"
-    OFFLINE = "offline"
-    DISABLED = "disabled"
 
 
 _READY = (ServerState.ONLINE, ServerState.BUSY)

@@ -32,8 +32,9 @@ from .paths import PathMapper, is_absolute
 from .workflow import copy_graph
 
 if TYPE_CHECKING:
-    from .comfy_api import ComfyClient, OutputImage
+    from .client import ComfyClient
     from .config import ServerConfig
+    from .wire import OutputImage
 
 log = logging.getLogger(__name__)
 

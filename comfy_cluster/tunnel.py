@@ -44,10 +44,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .comfy_api import ComfyClient
+from .client import ComfyClient
 from .config import ServerConfig
 from .errors import ServerUnavailable, TunnelError
 from .ledger import state_dir
+from .locks import file_lock
 from .tunnel_config import SSHConfig
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,8 @@ def _ssh_lines(text: str) -> list[str]:
 @contextlib.contextmanager
 def _lock(path: Path, timeout: float, server: str) -> Iterator[None]:
     """The project's cross-process file lock, with a message about the tunnel when it times out."""
-    from .runpod_admin import _file_lock  # imported late: runpod_admin -> runpod -> server -> tunnel
-
     try:
-        with _file_lock(path, timeout):
+        with file_lock(path, timeout, owner=f"server {server!r}: ssh", server=server):
             yield
     except TunnelError:
         raise

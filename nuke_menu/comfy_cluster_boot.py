@@ -65,7 +65,7 @@ def dependency_message(missing: list[str]) -> str:
 def config_problem() -> str | None:
     """A readable line if the cluster configuration in the environment is invalid."""
     try:
-        from comfy_cluster.config import load_config
+        from comfy_cluster.config_load import load_config
         from comfy_cluster.errors import ConfigError
 
         try:

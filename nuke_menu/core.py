@@ -54,7 +54,7 @@ def shared_pool() -> ComfyUIServerPool:
 def _pool_from_env(environ: Mapping[str, str]) -> ComfyUIServerPool:
     """``ComfyUIServerPool.from_env`` with the configured RunPod endpoint and its admin."""
     global _admin
-    from comfy_cluster.config import load_config
+    from comfy_cluster.config_load import load_config
     from comfy_cluster.pool import ComfyUIServerPool
 
     cfg = load_config(environ)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from comfy_cluster import run
+from comfy_cluster.backend import ServerState
 from comfy_cluster.config import ClusterConfig, RunPodConfig, ServerConfig
 from comfy_cluster.emulator.pods import PodsEmulator
 from comfy_cluster.emulator.runpod import RunPodEmulator
@@ -14,7 +15,6 @@ from comfy_cluster.ledger import CostLedger
 from comfy_cluster.pod_policy import PodsPolicy
 from comfy_cluster.pod_registry import POD_LEDGER_PREFIX, PodRegistry
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import ServerState
 from tests.helpers import wait_until
 
 KEY = "pods-test-key-0123456789"

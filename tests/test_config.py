@@ -1,4 +1,4 @@
-"""config.py: NUKE_COMFYUI_SERVERS, the fallbacks, RunPod policy, and the error lines."""
+"""config.py and config_load.py: NUKE_COMFYUI_SERVERS, the fallbacks, RunPod policy, and the error lines."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from comfy_cluster import config as config_module
-from comfy_cluster.config import (
-    ClusterConfig,
-    PathMapping,
-    RunPodConfig,
-    ServerConfig,
-    load_config,
-    load_config_file,
-    parse_servers,
-)
+from comfy_cluster import config_load
+from comfy_cluster.config import ClusterConfig, PathMapping, RunPodConfig, ServerConfig
+from comfy_cluster.config_load import load_config, load_config_file, parse_servers
 from comfy_cluster.errors import ConfigError
 
 STUDIO = [
@@ -46,7 +39,7 @@ def with_server(index: int, **changes: object) -> list[dict]:
 @pytest.fixture(autouse=True)
 def fresh_log_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """The 'say once per source' memory is per process; each test starts with none."""
-    monkeypatch.setattr(config_module, "_logged_sources", set())
+    monkeypatch.setattr(config_load, "_logged_sources", set())
 
 
 # --- NUKE_COMFYUI_SERVERS ---
@@ -338,13 +331,13 @@ def test_single_server_vars_are_validated_and_named(environ: dict[str, str], lin
 
 
 def test_the_source_is_logged_once_per_source(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="comfy_cluster.config")
+    caplog.set_level(logging.INFO, logger="comfy_cluster.config_load")
     for _ in range(3):
         load_config({})
     load_config({"NUKE_COMFYUI_IP": "10.0.0.2"})
     load_config({"NUKE_COMFYUI_IP": "10.0.0.3"})
     load_config(servers_env(STUDIO))
-    messages = [r.getMessage() for r in caplog.records if r.name == "comfy_cluster.config"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "comfy_cluster.config_load"]
     assert messages == [
         "NUKE_COMFYUI_SERVERS and NUKE_COMFYUI_IP are not set: using the default server 127.0.0.1:8188",
         "NUKE_COMFYUI_SERVERS is not set: using the single server 10.0.0.2:8188 from "
@@ -371,7 +364,7 @@ def test_bad_poll_interval(text: str) -> None:
 
 def test_runpod_is_none_without_endpoint_id(caplog: pytest.LogCaptureFixture) -> None:
     assert load_config({}).runpod is None
-    with caplog.at_level(logging.WARNING, logger="comfy_cluster.config"):
+    with caplog.at_level(logging.WARNING, logger="comfy_cluster.config_load"):
         assert load_config({"NUKE_COMFYUI_RUNPOD": '{"max_concurrent": 2}'}).runpod is None
     assert "RUNPOD_ENDPOINT_ID is not" in caplog.text
 

@@ -14,7 +14,7 @@ from tests.helpers import wait_until
 install()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
 
-from comfy_cluster.config import load_config_file  # noqa: E402
+from comfy_cluster.config_load import load_config_file  # noqa: E402
 from comfy_cluster.emulator.process import EmulatorThread  # noqa: E402
 from nuke_menu import core  # noqa: E402
 from nuke_menu.panel import StatusPanel  # noqa: E402

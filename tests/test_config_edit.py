@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from comfy_cluster.cli import main
-from comfy_cluster.config import load_config_file
 from comfy_cluster.config_edit import ServersFile, servers_file
+from comfy_cluster.config_load import load_config_file
 from comfy_cluster.errors import ConfigError
 from comfy_cluster.pool import ComfyUIServerPool
 from tests.helpers import wait_until
@@ -249,7 +249,7 @@ def test_a_running_pool_takes_edits_without_restart(tmp_path, state, emulator_th
 
 
 def test_a_pool_built_from_a_file_config_re_reads_that_file(tmp_path, state):
-    from comfy_cluster.config import load_config_file as load
+    from comfy_cluster.config_load import load_config_file as load
 
     path = tmp_path / "servers.json"
     path.write_text('[{"name": "gpu-01", "ip": "127.0.0.1", "port": 9}]')

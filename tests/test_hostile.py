@@ -24,7 +24,8 @@ from aiohttp import web
 from PIL import Image
 
 from comfy_cluster import run
-from comfy_cluster.config import ServerConfig, parse_servers
+from comfy_cluster.config import ServerConfig
+from comfy_cluster.config_load import parse_servers
 from comfy_cluster.emulator.comfyui import ComfyEmulator
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.errors import ComfyClusterError, ConfigError, ProtocolError, ServerUnavailable, TransferError

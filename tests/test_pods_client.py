@@ -202,7 +202,7 @@ def test_policy_refuses_a_key_in_the_config_and_names_fields(tmp_path):
     path = tmp_path / "servers.json"
     path.write_text(json.dumps({"servers": [{"name": "a", "ip": "127.0.0.1", "port": 1}],
                                 "pods": {"image": "x", "gpu_types": [GPU_A], "api_key": "sk-in-file"}}))
-    from comfy_cluster.config import load_config_file
+    from comfy_cluster.config_load import load_config_file
     with pytest.raises(ConfigError, match="pods: api_key: refused") as err:
         load_config_file(path)
     assert "sk-in-file" not in str(err.value)

@@ -17,12 +17,13 @@ from typing import Any, Iterator
 import pytest
 
 from comfy_cluster.backend import PromptRequest
-from comfy_cluster.comfy_api import ComfyClient, Timeouts
+from comfy_cluster.backend import ServerState
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import MissingNodes
 from comfy_cluster.pool import ComfyUIServerPool, PoolEvent, PoolSnapshot, Strategy
-from comfy_cluster.server import ServerState
+from comfy_cluster.transport import Timeouts
 
 from tests.helpers import wait_until
 

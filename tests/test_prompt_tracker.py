@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 from aiohttp import web
 
-from comfy_cluster.comfy_api import ComfyClient, Event, PromptTracker, Timeouts
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import (
     Cancelled,
@@ -27,6 +27,9 @@ from comfy_cluster.errors import (
     JobTimeout,
     ServerUnavailable,
 )
+from comfy_cluster.tracker import PromptTracker
+from comfy_cluster.transport import Timeouts
+from comfy_cluster.wire import Event
 from tests.helpers import wait_until
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)

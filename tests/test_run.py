@@ -681,7 +681,7 @@ class FakeRunPod(FakeBackend):
 
     @property
     def state(self) -> Any:
-        from comfy_cluster.server import ServerState
+        from comfy_cluster.backend import ServerState
 
         return ServerState.ONLINE
 

@@ -13,7 +13,8 @@ import requests
 from comfy_cluster.config import RunPodConfig
 from comfy_cluster.emulator.runpod import RunPodEmulator
 from comfy_cluster.errors import ConfigError, ServerUnavailable
-from comfy_cluster.runpod_admin import RunPodAdmin, _file_lock
+from comfy_cluster.locks import file_lock
+from comfy_cluster.runpod_admin import RunPodAdmin
 
 KEY = "rpa_ADMIN_5d4c3b2a1f0e9d8c"
 EID = "ep-always-on"
@@ -155,7 +156,7 @@ def test_a_toggle_waits_for_the_lock_file(emu, tmp_path) -> None:
     admin = make_admin(emu, tmp_path)
     (tmp_path / "state").mkdir()
     done = threading.Event()
-    with _file_lock(tmp_path / "state" / f"runpod-admin-{EID}.lock", 5):
+    with file_lock(tmp_path / "state" / f"runpod-admin-{EID}.lock", 5, owner="another process"):
         t = threading.Thread(target=lambda: (admin.warm(), done.set()))
         t.start()
         assert not done.wait(0.3)               # held by "another process"

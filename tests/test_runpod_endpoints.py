@@ -113,7 +113,7 @@ def test_gpu_class_target_and_cost_kept_per_endpoint(accounts, tmp_path):
 def test_endpoints_in_a_servers_file_load_through_the_config(tmp_path):
     import json
 
-    from comfy_cluster.config import load_config_file
+    from comfy_cluster.config_load import load_config_file
 
     path = tmp_path / "servers.json"
     path.write_text(json.dumps({"servers": [{"name": "gpu-01", "ip": "10.0.0.1", "port": 8188}],

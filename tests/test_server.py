@@ -17,11 +17,13 @@ import pytest
 from PIL import Image
 
 from comfy_cluster.backend import PromptRequest
-from comfy_cluster.comfy_api import ComfyClient, Timeouts
+from comfy_cluster.backend import ServerState
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread
 from comfy_cluster.errors import Cancelled, JobTimeout, MissingNodes, ServerUnavailable
-from comfy_cluster.server import EWMA_ALPHA, ComfyUIServer, ServerState, ServerStatus
+from comfy_cluster.server import EWMA_ALPHA, ComfyUIServer, ServerStatus
+from comfy_cluster.transport import Timeouts
 from tests.helpers import wait_until
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)

@@ -10,11 +10,13 @@ from typing import Iterator
 
 import pytest
 
-from comfy_cluster.comfy_api import ComfyClient, Timeouts
+from comfy_cluster.backend import ServerState
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer, ServerState
+from comfy_cluster.server import PUSHED_POLL_S, ComfyUIServer
+from comfy_cluster.transport import Timeouts
 from tests.helpers import wait_until
 from tests.loopback import Request, Scripted, json_answer
 

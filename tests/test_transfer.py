@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_cluster.comfy_api import ComfyClient, HistoryEntry, OutputImage
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.errors import TransferError
@@ -33,6 +33,7 @@ from comfy_cluster.transfer import (
     safe_output_name,
     stage_inputs,
 )
+from comfy_cluster.wire import HistoryEntry, OutputImage
 
 HOSTILE = ["../../x.png", "/etc/passwd", "a\x00b.png", "x" * 10_000 + ".png", "..", "C:\\Windows\\x.png",
            "out/../../../x.png", "\\\\server\\share\\x.png", "a\nb.png", ""]

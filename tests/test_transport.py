@@ -15,8 +15,10 @@ from typing import Callable, Iterator
 import pytest
 import websocket
 
-from comfy_cluster.comfy_api import ComfyClient, OutputImage, Timeouts
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.errors import ProtocolError, ServerTimeout, ServerUnavailable, TransferError
+from comfy_cluster.transport import Timeouts
+from comfy_cluster.wire import OutputImage
 from tests.loopback import CannedServer, Request, Scripted, json_answer
 
 FAST = Timeouts(connect=1.0, read=2.0, transfer=2.0)

@@ -22,10 +22,10 @@ import requests
 from PIL import Image
 
 from comfy_cluster import run
+from comfy_cluster.backend import ServerState
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.errors import TunnelError
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.server import ServerState
 from comfy_cluster.tunnel import Tunnel, TunnelRecord, TunnelState, runs_our_ssh
 from comfy_cluster.tunnel_config import SSHConfig, pod_ssh
 from tests.helpers import wait_until

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from comfy_cluster import cli
-from comfy_cluster.config import parse_servers
+from comfy_cluster.config_load import parse_servers
 from comfy_cluster.errors import ConfigError
 from comfy_cluster.tunnel import TunnelRecord, runs_our_ssh
 from tests.sshd import sshd, state  # noqa: F401 - fixtures

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.emulator.process import EmulatorThread
+from comfy_cluster.tracker import PromptTracker
 from tests.helpers import wait_until
 from tests.real_components import RealComfyUI
 

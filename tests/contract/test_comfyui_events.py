@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from comfy_cluster.comfy_api import Event, PromptTracker
 from comfy_cluster.errors import ExecutionFailed, Interrupted
+from comfy_cluster.tracker import PromptTracker
+from comfy_cluster.wire import Event
 from tests.contract.conftest import DEADLINE, HOLD_NODE, Target, image_chain, png_bytes, unique, wait_running
 from tests.helpers import wait_until
 

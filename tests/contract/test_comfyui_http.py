@@ -16,8 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from comfy_cluster.comfy_api import OutputImage
 from comfy_cluster.errors import MissingNodes, TransferError, WorkflowRejected
+from comfy_cluster.wire import OutputImage
 from tests.contract.conftest import DEADLINE, HOLD_NODE, Target, image_chain, png_bytes, unique, wait_running
 from tests.helpers import wait_until
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from comfy_cluster.comfy_api import ComfyClient, PromptTracker
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.errors import ServerUnavailable
+from comfy_cluster.tracker import PromptTracker
 from tests.helpers import wait_until
 from tests.real_components import (
     CONTRACT_NODES,

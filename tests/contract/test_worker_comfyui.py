@@ -24,7 +24,7 @@ import requests
 from PIL import Image
 
 from comfy_cluster.backend import PromptRequest, PromptResult
-from comfy_cluster.comfy_api import ComfyClient
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import RunPodConfig
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.emulator.runpod import RunPodEmulator

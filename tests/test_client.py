@@ -16,15 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_cluster.comfy_api import (
-    ComfyClient,
-    HistoryEntry,
-    OutputImage,
-    PromptTracker,
-    Timeouts,
-    UploadedFile,
-    parse_binary_frame,
-)
+from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.errors import (
@@ -36,6 +28,9 @@ from comfy_cluster.errors import (
     TransferError,
     WorkflowRejected,
 )
+from comfy_cluster.tracker import PromptTracker
+from comfy_cluster.transport import Timeouts
+from comfy_cluster.wire import HistoryEntry, OutputImage, UploadedFile, parse_binary_frame
 from tests.helpers import wait_until
 from tests.loopback import CannedServer, Request, Scripted, json_answer
 
