@@ -63,6 +63,12 @@ def write_markdown(path: Path, metrics: list[Metric], meta: dict) -> None:
         baselines = "; ".join(f"{k}: {_fmt(v)}" for k, v in m.baselines.items())
         runs = ", ".join(_fmt(v) for v in m.runs)
         lines.append(f"| {m.scenario} | {m.metric} | {_fmt(m.value)} {m.unit} | {m.goal} | {met} | {baselines} | {runs} |")
+    lines += ["", "## Machine load per scenario", "",
+              "Busy cores: CPU seconds the whole machine spent (this bench, its emulators and every other user's "
+              f"processes) over the scenario's wall time, out of {os.cpu_count()}.", "",
+              "| scenario | seconds | busy cores | load average after |", "|---|---|---|---|"]
+    lines += [f"| {row['scenario']} | {row['seconds']:.0f} | {row['machine_busy_cores']:.2f} | {row['load_after']} |"
+              for row in meta["load"]]
     lines += ["", "## Notes", ""]
     for m in metrics:
         if m.note:
@@ -79,24 +85,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     metrics: list[Metric] = []
+    load: list[dict] = []
     load_before = [round(v, 2) for v in os.getloadavg()]
     started = time.monotonic()
     with scenarios.temp_dir() as tmp:
         plan = _plan(args, Path(tmp))
         for name in args.only or NAMES:
-            t0 = time.monotonic()
+            t0, busy0 = time.monotonic(), scenarios.machine_busy()
             print(f"== {name} ...", flush=True)
             rows = plan[name]()
+            seconds = time.monotonic() - t0
+            load.append({"scenario": name, "seconds": round(seconds, 1),
+                         "machine_busy_cores": round((scenarios.machine_busy() - busy0) / seconds, 2),
+                         "load_after": [round(v, 2) for v in os.getloadavg()]})
             for m in rows:
                 print(f"   {m.metric}: {_fmt(m.value)} {m.unit} (goal {m.goal or '-'}) runs {[_fmt(v) for v in m.runs]} "
                       f"{' '.join(f'{k}={_fmt(v)}' for k, v in m.baselines.items())}", flush=True)
-            print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+            print(f"   ({seconds:.0f} s, machine busy {load[-1]['machine_busy_cores']} cores)", flush=True)
             metrics.extend(rows)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "quick": args.quick, "runs": args.runs, "seconds": round(time.monotonic() - started, 1),
-        "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],
+        "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()], "load": load,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_markdown(args.out / "RESULTS.md", metrics, meta)

@@ -247,6 +247,17 @@ def throughput(base: Path, runs: int, frames: int = 240, speeds: Sequence[float]
     ]
 
 
+def _cpu_of(procs: Sequence[psutil.Process]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy, over all its cores (every user's processes)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
+
+
 def _fresh(base: Path, name: str) -> Path:
     folder = base / f"{name}-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
@@ -259,12 +270,16 @@ def dispatch_overhead(base: Path, runs: int, frames: int = 2000, servers: int = 
     procs = start_servers([0.0] * servers, base, prefix="zero")
     plates = write_plates(base / "plates", frames)
     job = {"workflow": UPLOAD_WORKFLOW, "inputs": {"1.image": plates}}
-    fps, cpu_ms = [], []
+    fps, cpu_ms, server_ms, busy = [], [], [], []
+    servers_cpu = [psutil.Process(p.pid) for p in procs]
     try:
         for i in range(runs):
+            server0, machine0 = _cpu_of(servers_cpu), machine_busy()
             wall, cpu, _ = render_on(procs, frames, base / f"zero-{i}", **job)
             fps.append(frames / wall)
             cpu_ms.append(cpu * 1e3 / frames)
+            server_ms.append((_cpu_of(servers_cpu) - server0) * 1e3 / frames)
+            busy.append((machine_busy() - machine0) / wall)
         pool = make_pool(procs, poll=1.0)
         try:
             split = _thread_split(lambda: render(pool, frames, base / "zero-split", **job), frames)
@@ -274,11 +289,13 @@ def dispatch_overhead(base: Path, runs: int, frames: int = 2000, servers: int = 
         stop_servers(procs)
     note = (f"{frames} frames over {servers} zero-work servers (separate processes), max_queue 2; each frame "
             f"uploads its own 16x16 PNG (LoadImage -> ImageInvert -> SaveImage) and downloads the result. Client "
-            f"CPU per frame by kind of thread (the kernel's per-thread CPU clocks, one extra batch): {split}")
+            f"CPU per frame by kind of thread (the kernel's per-thread CPU clocks, one extra batch): {split}. "
+            f"Meanwhile the {servers} emulated servers used {statistics.median(server_ms):.2f} ms of CPU per frame "
+            f"and the whole machine (other users included) kept {statistics.median(busy):.2f} of its "
+            f"{os.cpu_count()} cores busy")
     return [Metric("2 dispatch overhead", "frames per second", "frames/s", fps, ">= 200", statistics.median(fps) >= 200,
                    note=note),
-            Metric("2 dispatch overhead", "client CPU per frame", "ms", cpu_ms, "<= 4", statistics.median(cpu_ms) <= 4,
-                   note=note)]
+            Metric("2 dispatch overhead", "client CPU per frame", "ms", cpu_ms, "<= 4", statistics.median(cpu_ms) <= 4)]
 
 
 #: Thread-name prefixes of the client, and what each kind of thread does per frame.
