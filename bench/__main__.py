@@ -1,4 +1,4 @@
-"""``python -m bench``: run every scenario of issue 7 and write bench/RESULTS.md and bench/results.json.
+"""``python -m bench``: run every benchmark scenario and write bench/RESULTS.md and bench/results.json.
 
 Emulated servers run in child processes; the client's CPU is this process's alone.
 ``--quick`` is a smaller smoke run (its numbers are not the goals' sizes); ``--runs N``
@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench import bench_pods, scenarios
+from bench import bench_pods, bench_sharing, bench_tunnel, scenarios
 from bench.scenarios import Metric
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("throughput", "dispatch", "monitoring", "memory", "failover", "overflow", "pods")
+NAMES = ("throughput", "dispatch", "monitoring", "memory", "failover", "overflow", "pods", "sharing", "tunnel")
 
 
 def _plan(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], list[Metric]]]:
@@ -34,6 +34,8 @@ def _plan(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], list[M
         "failover": lambda: scenarios.failover(base, args.runs, frames=40 if q else 120),
         "overflow": lambda: scenarios.overflow(base, args.runs, frames=24 if q else 60),
         "pods": lambda: bench_pods.pods_vs_local_vs_serverless(base, args.runs, frames=60 if q else 200),
+        "sharing": lambda: bench_sharing.sharing(base, args.runs, frames=30 if q else 120),
+        "tunnel": lambda: bench_tunnel.tunnel(base, args.runs, frames=30 if q else 100),
     }
 
 
@@ -49,7 +51,9 @@ def write_markdown(path: Path, metrics: list[Metric], meta: dict) -> None:
         f"{meta['date']} ({meta['machine']}; Python {meta['python']}). Emulated ComfyUI servers run in "
         "child processes that share the machine's cores with the client; the client's CPU is "
         "`time.process_time()` of the client process alone. Values are medians of the runs listed; "
-        "baselines are measured in the same invocation.",
+        "baselines are measured in the same invocation. The machine is shared with other work: load "
+        f"average (1, 5, 15 min) {meta['load_before']} before the run, {meta['load_after']} after; the run "
+        f"took {meta['seconds']:.0f} s.",
         "",
         "| scenario | metric | value | goal | met | baselines | runs |",
         "|---|---|---|---|---|---|---|",
@@ -59,6 +63,12 @@ def write_markdown(path: Path, metrics: list[Metric], meta: dict) -> None:
         baselines = "; ".join(f"{k}: {_fmt(v)}" for k, v in m.baselines.items())
         runs = ", ".join(_fmt(v) for v in m.runs)
         lines.append(f"| {m.scenario} | {m.metric} | {_fmt(m.value)} {m.unit} | {m.goal} | {met} | {baselines} | {runs} |")
+    lines += ["", "## Machine load per scenario", "",
+              "Busy cores: CPU seconds the whole machine spent (this bench, its emulators and every other user's "
+              f"processes) over the scenario's wall time, out of {os.cpu_count()}.", "",
+              "| scenario | seconds | busy cores | load average after |", "|---|---|---|---|"]
+    lines += [f"| {row['scenario']} | {row['seconds']:.0f} | {row['machine_busy_cores']:.2f} | {row['load_after']} |"
+              for row in meta["load"]]
     lines += ["", "## Notes", ""]
     for m in metrics:
         if m.note:
@@ -75,22 +85,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     metrics: list[Metric] = []
+    load: list[dict] = []
+    load_before = [round(v, 2) for v in os.getloadavg()]
     started = time.monotonic()
     with scenarios.temp_dir() as tmp:
         plan = _plan(args, Path(tmp))
         for name in args.only or NAMES:
-            t0 = time.monotonic()
+            t0, busy0 = time.monotonic(), scenarios.machine_busy()
             print(f"== {name} ...", flush=True)
             rows = plan[name]()
+            seconds = time.monotonic() - t0
+            load.append({"scenario": name, "seconds": round(seconds, 1),
+                         "machine_busy_cores": round((scenarios.machine_busy() - busy0) / seconds, 2),
+                         "load_after": [round(v, 2) for v in os.getloadavg()]})
             for m in rows:
                 print(f"   {m.metric}: {_fmt(m.value)} {m.unit} (goal {m.goal or '-'}) runs {[_fmt(v) for v in m.runs]} "
                       f"{' '.join(f'{k}={_fmt(v)}' for k, v in m.baselines.items())}", flush=True)
-            print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+            print(f"   ({seconds:.0f} s, machine busy {load[-1]['machine_busy_cores']} cores)", flush=True)
             metrics.extend(rows)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "quick": args.quick, "runs": args.runs, "seconds": round(time.monotonic() - started, 1),
+        "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()], "load": load,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_markdown(args.out / "RESULTS.md", metrics, meta)
