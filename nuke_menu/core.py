@@ -22,7 +22,7 @@ from .settings import Mode, RenderSettings
 if TYPE_CHECKING:   # the seam is typed against the real core classes; imported lazily at run time
     from comfy_cluster.jobs import BatchEvent
     from comfy_cluster.pool import ComfyUIServerPool, PoolSnapshot
-    from comfy_cluster.run import Batch
+    from comfy_cluster.batch import Batch
     from comfy_cluster.runpod_admin import RunPodAdmin
     from comfy_cluster.server import ServerStatus
     from comfy_cluster.workflow import Workflow

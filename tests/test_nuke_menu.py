@@ -83,6 +83,7 @@ def test_the_panel_string_builds_the_widget_in_a_fresh_namespace(qapp):
     class Snapshot:
         servers = ()
         runpod = None
+        pods = ()
 
     class Pool:
         runpod = None
