@@ -171,17 +171,15 @@ def iteration_submit(workflow: WorkflowLike, *, pool: PoolLike, count: int, outp
     wf = Workflow.load(workflow)
     if values:
         wf = wf.with_values(values)
-    seed_inputs = wf.seed_inputs()
-    if not seed_inputs and seed_mode != "fixed":
+    if not wf.seed_inputs() and seed_mode != "fixed":
         raise WorkflowError(f"the workflow has no seed input (seed, noise_seed), so all {count} iterations would be "
                             "identical; pass seed_mode='fixed' to render copies on purpose")
     per_iteration: dict[int, Workflow] = {}
     seeds: dict[int, dict[str, Any]] = {}
     for iteration in range(1, count + 1):
         variant = wf.with_seeds(iteration - 1, seed_mode)
-        graph = variant.to_dict()
         per_iteration[iteration] = variant
-        seeds[iteration] = {f"{node}.{name}": graph[node]["inputs"][name] for node, name in seed_inputs}
+        seeds[iteration] = variant.seed_values()
     bound = _bind_inputs(wf, inputs, patterns=True)
     plan = Plan(workflow=wf, inputs=bound, frame_values=None, names=names, classes=wf.class_types(),
                  digest=_digest(wf, bound, seeds, 1), noun="iteration", per_frame_workflows=per_iteration)

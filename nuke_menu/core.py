@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from comfy_cluster.errors import ComfyClusterError, WorkflowError
 
@@ -211,21 +211,12 @@ class Outcome:
     error: str | None = None
 
 
-class Work(Protocol):
-    """A started submission: a ``Batch``, or a single ``Job`` seen through ``JobWork``."""
-
-    @property
-    def progress(self) -> tuple[int, int, int]: ...
-
-    def cancel(self) -> None: ...
-
-
 @dataclass
 class ActiveWork:
     """One running submission, as the status panel lists it."""
 
     label: str
-    work: Work
+    work: Batch
     servers: dict[str, int] = field(default_factory=dict)
     finished: bool = False
 
@@ -262,7 +253,7 @@ def outcome(work: Batch, timeout: float | None = None) -> Outcome:
                    cancelled=bool(result.cancelled))
 
 
-def register(label: str, work: Work) -> ActiveWork:
+def register(label: str, work: Batch) -> ActiveWork:
     """List the work in the status panel until ``finish`` is called."""
     entry = ActiveWork(label, work)
     with _lock:
