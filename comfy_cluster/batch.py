@@ -5,7 +5,7 @@ the next one to ``pool.acquire(...)``, which reserves a slot on the backend pred
 finish it first, or answers None when every slot is taken (then the scheduler sleeps on
 ``pool.wait_for_change``). Each leased frame runs on a bounded worker pool: build the
 prompt, ``backend.run_prompt``, write the outputs atomically to the frame's file names
-(``naming``), journal it, release the lease. So no server ever holds more than its
+(``outputs``), journal it, release the lease. So no server ever holds more than its
 ``max_queue`` of our frames, and a fast server simply comes back for more.
 
 Failures follow the error hierarchy: ``ServerUnavailable`` (a dead, hung or garbled
@@ -33,23 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-from .backend import OutputRef, PromptRequest, PromptResult
+from .backend import PromptRequest, PromptResult
 from .cache import CACHE_BACKEND, ResultCache, kinds_for
-from .errors import (
-    ComfyClusterError,
-    Interrupted,
-    MissingNodes,
-    ProtocolError,
-    ServerUnavailable,
-    WorkflowError,
-    capped,
-)
+from .errors import ComfyClusterError, Interrupted, MissingNodes, ServerUnavailable, WorkflowError
 from .frames import FramePattern
 from .jobs import Attempt, BatchEvent, FrameTask, Journal, JobState
-from .naming import OutputNames, assign_outputs
+from .outputs import OutputNames, assign_outputs, check_delivered, fetch_checked
 from .rotation import Rotation, available
 from .subscribers import Subscribers
-from .transfer import atomic_write, output_problem
+from .transfer import atomic_write
 from .workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -535,39 +527,14 @@ class Batch:
             if task.state.is_final:  # a late duplicate: the first finisher already won
                 log.info("%s: discarding a late result from %s", task.label, result.backend)
                 return {}
-        self._check_delivered(task, result)
+        plan = self._plan
+        check_delivered(task.label, result, plan.file_outputs, plan.workflow, files_required=plan.noun != "job")
         files: dict[int, list[Path]] = {f: [] for f in task.frames}
         for frame, index, ref in assign_outputs(task, result):
             dest = self._plan.names.path(frame, index, ref)
-            atomic_write(dest, functools.partial(self._fetch_checked, task, result, ref))
+            atomic_write(dest, functools.partial(fetch_checked, task.label, result, ref))
             files[frame].append(dest)
         return files
-
-    def _check_delivered(self, task: FrameTask, result: PromptResult) -> None:
-        """A finished prompt delivers a file from every file output node (where the backend
-        names the node), and at least one file for a frame."""
-        where = f"{task.label}: server {result.backend!r} finished prompt {result.prompt_id}"
-        expected = self._plan.file_outputs
-        if not result.outputs:
-            if self._plan.noun != "job" or expected:
-                raise ProtocolError(f"{where} but reported no output file", server=result.backend,
-                                    prompt_id=result.prompt_id)
-            return
-        if all(ref.node_id for ref in result.outputs):
-            got = {ref.node_id for ref in result.outputs}
-            silent = [self._plan.workflow.describe(n) for n in expected if n not in got]
-            if silent:
-                raise ProtocolError(f"{where} but output node(s) {', '.join(capped(silent))} delivered no file",
-                                    server=result.backend, prompt_id=result.prompt_id)
-
-    @staticmethod
-    def _fetch_checked(task: FrameTask, result: PromptResult, ref: OutputRef, tmp: Path) -> None:
-        ref.fetch(tmp)
-        problem = output_problem(tmp, ref.filename)
-        if problem:
-            node = f" of node {ref.node_id}" if ref.node_id else ""
-            raise ProtocolError(f"{task.label}: server {result.backend!r} delivered output {ref.filename!r}{node} "
-                                f"that is {problem}", server=result.backend, prompt_id=result.prompt_id)
 
     # -- outcomes -------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .backend import OutputRef, PromptRequest
 from .ledger import state_dir
-from .naming import OutputNames
+from .outputs import OutputNames
 from .transfer import atomic_write
 from .workflow import Workflow
 

@@ -1,7 +1,7 @@
 """Send work to the cluster: ``submit`` one prompt, ``animation_submit`` a frame sequence,
 ``iteration_submit`` N variations. Each checks its inputs, prepares one ``Plan`` and returns
 a handle (``Job`` or ``Batch``) at once; the work runs on the batch's background threads
-(``batch``), and each output's file name comes from ``naming``.
+(``batch``), and each output's file name comes from ``outputs``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .cache import ResultCache
 from .errors import Cancelled, ComfyClusterError, MissingInputs, WorkflowError, capped
 from .frames import FramePattern, FrameSpec
 from .jobs import Attempt, FrameTask, Journal, JournalHeader, JobState, journal_path
-from .naming import FolderNames, PatternNames, iteration_names
+from .outputs import FolderNames, PatternNames, iteration_names
 from .workflow import Workflow
 
 log = logging.getLogger(__name__)

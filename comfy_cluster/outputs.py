@@ -1,9 +1,11 @@
-"""Output naming: which local file each image a server delivers goes to.
+"""A prompt's outputs: which local file each image a server delivers goes to, and whether
+what arrived is what the workflow promised.
 
 An animation writes frame ``f``'s k-th image to its ``FramePattern`` name, an iteration batch
 formats ``{iteration}`` in, a single job keeps the server's file name inside a folder. A
 chunk of frames (one prompt renders several) hands each output node's j-th image to the
-chunk's j-th frame.
+chunk's j-th frame. A finished prompt must deliver a file from every file output node, and
+each file is checked to be what its name says before it takes that name.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from .backend import OutputRef, PromptResult
-from .errors import WorkflowError
+from .errors import ProtocolError, WorkflowError, capped
 from .frames import FramePattern
 from .jobs import FrameTask
-from .transfer import safe_output_name
+from .transfer import output_problem, safe_output_name
+from .workflow import Workflow
 
 _ITERATION_RE = re.compile(r"\{iteration(?::([^{}]*))?\}")
 
@@ -89,4 +92,34 @@ def assign_outputs(task: FrameTask, result: PromptResult) -> list[tuple[int, int
     return out
 
 
-__all__ = ["FolderNames", "IterationNames", "OutputNames", "PatternNames", "assign_outputs", "iteration_names"]
+def check_delivered(label: str, result: PromptResult, file_outputs: Sequence[str], workflow: Workflow, *,
+                    files_required: bool) -> None:
+    """A finished prompt delivers a file from every file output node (where the backend names
+    the node), and at least one file when ``files_required`` (a frame; a single job may have
+    no file output at all)."""
+    where = f"{label}: server {result.backend!r} finished prompt {result.prompt_id}"
+    if not result.outputs:
+        if files_required or file_outputs:
+            raise ProtocolError(f"{where} but reported no output file", server=result.backend,
+                                prompt_id=result.prompt_id)
+        return
+    if all(ref.node_id for ref in result.outputs):
+        got = {ref.node_id for ref in result.outputs}
+        silent = [workflow.describe(n) for n in file_outputs if n not in got]
+        if silent:
+            raise ProtocolError(f"{where} but output node(s) {', '.join(capped(silent))} delivered no file",
+                                server=result.backend, prompt_id=result.prompt_id)
+
+
+def fetch_checked(label: str, result: PromptResult, ref: OutputRef, tmp: Path) -> None:
+    """Fetch ``ref`` to ``tmp`` and check it is what its name says (``transfer.output_problem``)."""
+    ref.fetch(tmp)
+    problem = output_problem(tmp, ref.filename)
+    if problem:
+        node = f" of node {ref.node_id}" if ref.node_id else ""
+        raise ProtocolError(f"{label}: server {result.backend!r} delivered output {ref.filename!r}{node} "
+                            f"that is {problem}", server=result.backend, prompt_id=result.prompt_id)
+
+
+__all__ = ["FolderNames", "IterationNames", "OutputNames", "PatternNames", "assign_outputs", "check_delivered",
+           "fetch_checked", "iteration_names"]
