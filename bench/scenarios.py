@@ -26,6 +26,7 @@ import requests
 
 from comfy_cluster import run
 from comfy_cluster.backend import ServerState
+from comfy_cluster.batch import BatchResult
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import RunPodConfig, ServerConfig
 from comfy_cluster.emulator.process import EmulatorProcess
@@ -115,7 +116,7 @@ def make_pool(procs: Sequence[EmulatorProcess], poll: float = 1.0, runpod: Any =
 
 
 def render(pool: ComfyUIServerPool, frames: int, out: Path, workflow: dict = WORKFLOW,
-           **kw: Any) -> tuple[float, float, run.BatchResult]:
+           **kw: Any) -> tuple[float, float, BatchResult]:
     """(wall seconds, client CPU seconds, result) of one animation_submit of ``frames`` frames."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     kw.setdefault("cache", False)  # every run renders: the result cache would time file copies
@@ -129,7 +130,7 @@ def render(pool: ComfyUIServerPool, frames: int, out: Path, workflow: dict = WOR
 
 
 def render_on(procs: Sequence[EmulatorProcess], frames: int, out: Path, *,
-              runpod: Any = None, **kw: Any) -> tuple[float, float, run.BatchResult]:
+              runpod: Any = None, **kw: Any) -> tuple[float, float, BatchResult]:
     """``render`` on a fresh pool over ``procs`` (a new pool per run: no warm caches carry over)."""
     pool = make_pool(procs, poll=1.0, runpod=runpod)
     try:

@@ -27,7 +27,8 @@ from .errors import (
 )
 from .jobs import JobState
 from .pool import ComfyUIServerPool
-from .run import Batch, Job, animation_submit, iteration_submit, submit
+from .batch import Batch
+from .run import Job, animation_submit, iteration_submit, submit
 
 __version__ = "0.1.0"
 

@@ -26,10 +26,11 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping
 
 from .backend import OutputRef, PromptRequest
 from .ledger import state_dir
+from .outputs import OutputNames
 from .transfer import atomic_write
 from .workflow import Workflow
 
@@ -40,10 +41,6 @@ CACHE_BACKEND = "cache"
 CACHE_DIR = "result-cache"
 _FIXED_PREFIX = "comfy_cluster/cached"
 _CHUNK = 1 << 20
-
-
-class _Names(Protocol):
-    def path(self, frame: int, index: int, ref: OutputRef) -> Path: ...
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -99,7 +96,7 @@ class ResultCache:
             return None
         return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
-    def restore(self, request: PromptRequest, frames: tuple[int, ...], names: _Names,
+    def restore(self, request: PromptRequest, frames: tuple[int, ...], names: OutputNames,
                 kinds: Iterable[str], *, run: str = "") -> dict[int, list[Path]] | None:
         """Put an earlier render's files at ``frames``' output names, or None (render it).
 

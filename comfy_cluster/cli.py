@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Without a terminal, the render progress is a log line this often.
 PLAIN_PROGRESS_EVERY = 5.0
-#: How long commands wait for the first status of every server.
-FIRST_STATUS_TIMEOUT = 10.0
 
 
 class UsageError(Exception):
@@ -301,7 +299,6 @@ class Progress:
         self.tty = stream.isatty()
         self.done = done
         self.failed = 0
-        self.by_server: dict[str, int] = {}
         self.retried = 0
         self.batch = batch
         self._start = clock()
@@ -314,20 +311,19 @@ class Progress:
         with self._lock:
             if event.kind == "completed":
                 self.done += 1
-                server = event.data.get("server", "?")
-                self.by_server[server] = self.by_server.get(server, 0) + 1
             elif event.kind == "failed":
                 self.failed += 1
             elif event.kind == "retried":
                 self.retried += 1
 
     def line(self) -> str:
+        by_server = self.batch.by_server if self.batch is not None else {}   # the batch's lock, not under ours
         with self._lock:
             elapsed = self._clock() - self._start
             rendered = self.done - self._base
             left = self.total - self.done - self.failed
             eta = elapsed / rendered * left if rendered and left > 0 else None
-            servers = " ".join(f"{k}:{v}" for k, v in sorted(self.by_server.items()))
+            servers = " ".join(f"{k}:{v}" for k, v in sorted(by_server.items()))
             width = 24
             filled = int(width * (self.done + self.failed) / self.total) if self.total else width
             bar = "#" * filled + "-" * (width - filled)
@@ -427,8 +423,8 @@ def _run_batch(args: argparse.Namespace, out: TextIO, start: Callable[..., Any])
 
 
 def _wait_for_server(args: argparse.Namespace) -> float:
-    """``--wait-for-server``, or the library's default (``run.WAIT_FOR_SERVER``)."""
-    from .run import WAIT_FOR_SERVER
+    """``--wait-for-server``, or the library's default (``batch.WAIT_FOR_SERVER``)."""
+    from .batch import WAIT_FOR_SERVER
 
     return WAIT_FOR_SERVER if args.wait_for_server is None else float(args.wait_for_server)
 

@@ -132,10 +132,6 @@ class PodRegistry:
         with self._locked() as state:
             return list(state.pods.values())
 
-    def owner_alive(self, owner: str, timeout: float) -> bool:
-        with self._locked() as state:
-            return _alive(state.owners.get(owner), self._clock(), timeout)
-
     # ------------------------------------------------------------------ writing
     def heartbeat(self, owner: str) -> None:
         with self._locked() as state:

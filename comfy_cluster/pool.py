@@ -38,6 +38,7 @@ from .config_edit import ConfigWatcher
 from .config_load import load_config, load_config_file
 from .errors import ComfyClusterError, MissingNodes, capped
 from .server import MAX_BACKOFF, PROBE_TIMEOUTS, ComfyUIServer, ServerStatus
+from .subscribers import Subscribers
 from .transfer import UploadCache
 from .transport import Timeouts
 
@@ -138,26 +139,15 @@ class _EventDispatcher:
     """Delivers PoolEvents to subscribers on one worker thread, in order, never under the pool lock."""
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[PoolEvent], None]] = []
+        self.subscribers: Subscribers[PoolEvent] = Subscribers("pool")
         self._queue: queue.SimpleQueue[PoolEvent | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def subscribe(self, callback: Callable[[PoolEvent], None]) -> Callable[[], None]:
-        with self._lock:
-            self._callbacks.append(callback)
-
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._callbacks:
-                    self._callbacks.remove(callback)
-        return unsubscribe
-
     def emit(self, event: PoolEvent) -> None:
+        if not self.subscribers:
+            return
         with self._lock:
-            if not self._callbacks:
-                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="comfy-cluster-pool-events", daemon=True)
                 self._thread.start()
@@ -168,13 +158,7 @@ class _EventDispatcher:
             event = self._queue.get()
             if event is None:
                 return
-            with self._lock:
-                callbacks = list(self._callbacks)
-            for callback in callbacks:
-                try:
-                    callback(event)
-                except Exception:  # a subscriber's bug must not stop the others being told
-                    log.exception("pool event subscriber %r failed on %s", callback, event)
+            self.subscribers.deliver(event)
 
     def stop(self) -> None:
         """Deliver what is queued, then end the thread; a later event starts a new one."""
@@ -557,7 +541,7 @@ class ComfyUIServerPool:
 
     def subscribe(self, callback: Callable[[PoolEvent], None]) -> Callable[[], None]:
         """Call ``callback(PoolEvent)`` on a worker thread for every event; returns unsubscribe."""
-        return self._events.subscribe(callback)
+        return self._events.subscribers.subscribe(callback)
 
     def _on_server_change(self, server: ComfyUIServer, old: ServerState, new: ServerState) -> None:
         with self._cond:

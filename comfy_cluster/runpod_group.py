@@ -220,9 +220,6 @@ class RunPodGroup:
                                    in_flight=self.in_flight, max_concurrent=self.max_queue,
                                    seconds_per_job=self.seconds_per_job, blocked_reason=self.blocked_reason)
 
-    def endpoint_statuses(self) -> list[RunPodStatus]:
-        return [e.get_status() for e in self.endpoints]
-
     # -- running -------------------------------------------------------------------------
     def _order(self) -> list[RunPodEndpoint]:
         return sorted(self._free(), key=_saturated)  # stable: configured order, saturated ones last

@@ -532,11 +532,6 @@ class ComfyUIServer:
             tracker.wait_connected(self.client.timeouts.connect)
         return tracker
 
-    @property
-    def tracking(self) -> bool:
-        """True while a websocket tracker runs for this server."""
-        return self._tracker is not None
-
     def close(self) -> None:
         """Stop the tracker and close the HTTP sessions."""
         with self._tracker_lock:

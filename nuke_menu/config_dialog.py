@@ -134,12 +134,6 @@ class ConfigDialog(QtWidgets.QDialog):
         items = [self.table.item(r, 0) for r in range(self.table.rowCount())]
         return [item.text() for item in items if item is not None]
 
-    def priority_box(self, name: str) -> QtWidgets.QSpinBox | None:
-        return self.findChild(QtWidgets.QSpinBox, f"priority:{name}")
-
-    def enabled_box(self, name: str) -> QtWidgets.QCheckBox | None:
-        return self.findChild(QtWidgets.QCheckBox, f"enabled:{name}")
-
     # -- changes (worker threads) --------------------------------------------------------
 
     def _run(self, what: str, call: Callable[[], Any]) -> threading.Thread:

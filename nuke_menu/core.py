@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from comfy_cluster.errors import ComfyClusterError, WorkflowError
 
@@ -22,7 +22,7 @@ from .settings import Mode, RenderSettings
 if TYPE_CHECKING:   # the seam is typed against the real core classes; imported lazily at run time
     from comfy_cluster.jobs import BatchEvent
     from comfy_cluster.pool import ComfyUIServerPool, PoolSnapshot
-    from comfy_cluster.run import Batch
+    from comfy_cluster.batch import Batch
     from comfy_cluster.runpod_admin import RunPodAdmin
     from comfy_cluster.server import ServerStatus
     from comfy_cluster.workflow import Workflow
@@ -211,21 +211,12 @@ class Outcome:
     error: str | None = None
 
 
-class Work(Protocol):
-    """A started submission: a ``Batch``, or a single ``Job`` seen through ``JobWork``."""
-
-    @property
-    def progress(self) -> tuple[int, int, int]: ...
-
-    def cancel(self) -> None: ...
-
-
 @dataclass
 class ActiveWork:
     """One running submission, as the status panel lists it."""
 
     label: str
-    work: Work
+    work: Batch
     servers: dict[str, int] = field(default_factory=dict)
     finished: bool = False
 
@@ -262,7 +253,7 @@ def outcome(work: Batch, timeout: float | None = None) -> Outcome:
                    cancelled=bool(result.cancelled))
 
 
-def register(label: str, work: Work) -> ActiveWork:
+def register(label: str, work: Batch) -> ActiveWork:
     """List the work in the status panel until ``finish`` is called."""
     entry = ActiveWork(label, work)
     with _lock:

@@ -271,7 +271,7 @@ class StatusPanel(QtWidgets.QWidget):
         self.servers_dialog.show()
         return self.servers_dialog
 
-    # -- reading back (tests, tooltips) ----------------------------------------------------------
+    # -- reading back (tests, scripts/panel_screenshot.py) --------------------------------------
 
     def server_names(self) -> list[str]:
         return list(self._rows)
@@ -280,9 +280,6 @@ class StatusPanel(QtWidgets.QWidget):
         """The text shown for server ``name`` in ``column`` (a ``COLUMNS`` title)."""
         item = self.table.item(self._rows[name], COLUMNS.index(column))
         return "" if item is None else item.text()
-
-    def switch(self, name: str) -> QtWidgets.QCheckBox:
-        return self._switches[name]
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         self._timer.stop()

@@ -48,7 +48,7 @@ TARGET_AUTO = "auto"
 TARGET_RUNPOD = "runpod"
 SEED_MODES = ("random", "increment", "fixed")
 #: Seconds a submit waits while no backend can take its work, then fails saying why
-#: (``comfy_cluster.run.WAIT_FOR_SERVER``, ``--wait-for-server`` on the shell).
+#: (``comfy_cluster.batch.WAIT_FOR_SERVER``, ``--wait-for-server`` on the shell).
 DEFAULT_WAIT_FOR_SERVER = 300
 DEFAULT_BINDINGS = "0 = LoadImage.image"
 

@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -109,31 +108,6 @@ class LogProgress:
 
     def close(self) -> None:
         self._last = None
-
-
-class _Tracker:
-    """Counts finished frames per server from batch events (worker threads)."""
-
-    def __init__(self) -> None:
-        self.changed = threading.Event()
-        self._lock = threading.Lock()
-        self._server_of: dict[int, str] = {}
-        self._by_server: Counter[str] = Counter()
-
-    def on_event(self, event: Any) -> None:
-        server = event.data.get("server")
-        with self._lock:
-            if event.kind == "submitted" and server and event.frame is not None:
-                self._server_of[event.frame] = server
-            elif event.kind == "completed":
-                name = server or self._server_of.get(event.frame, "?")
-                self._by_server[name] += len(event.data.get("frames", ())) or 1
-        self.changed.set()
-
-    @property
-    def by_server(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._by_server)
 
 
 class Submission:
@@ -249,16 +223,16 @@ class Submission:
 
     def run(self, progress: Progress) -> core.Outcome:
         """Start the work, report progress until it ends, return what it made (never raises)."""
-        tracker = _Tracker()
+        changed = threading.Event()
         entry = None
         try:
-            work = core.start(self.settings, pool=self.pool, inputs=self.inputs, on_event=tracker.on_event)
+            work = core.start(self.settings, pool=self.pool, inputs=self.inputs, on_event=lambda event: changed.set())
             entry = core.register(self.label, work)
-            entry.servers = tracker.by_server
+            entry.servers = work.by_server
             cancelled = False
             while True:
                 done, failed, total = work.progress
-                entry.servers = tracker.by_server
+                entry.servers = work.by_server
                 progress.update(done, failed, total, entry.servers, why_waiting(work))
                 if progress.cancelled() and not cancelled:
                     log.info("%s: cancelled by the user", self.settings.node)
@@ -266,8 +240,8 @@ class Submission:
                     cancelled = True
                 if done + failed >= total or cancelled:
                     break
-                tracker.changed.wait(0.25)
-                tracker.changed.clear()
+                changed.wait(0.25)
+                changed.clear()
             return core.outcome(work)
         except ComfyClusterError as err:
             return core.Outcome({}, {}, {}, error=str(err))

@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from comfy_cluster.emulator.process import EmulatorProcess, EmulatorThread  # no
 from comfy_cluster.emulator.runpod import RunPodEmulator  # noqa: E402
 from tests.comfyui_browser import comfy_page, seed_user_settings  # noqa: E402
 from tests.comfyui_real_helpers import CORE_ENV, EID, KEY, PACKAGE, runpod_env  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 from tests.real_components import start_real_comfyui  # noqa: E402
 
 log = logging.getLogger("comfyui_screenshots")
@@ -42,17 +42,6 @@ GRAPH = {
                                                               "workflow_json": "", "input_binding": "LoadImage.image"}},
     "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
 }
-
-
-def wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 def plate(path: Path) -> None:
@@ -83,17 +72,17 @@ def main() -> None:
         with comfy_page(comfy.url, width=1500, height=860) as (page, _errors):
             page.evaluate("(g) => window.app.loadApiJson(g, 'remote_render.json')", GRAPH)
             page.evaluate("() => window.app.queuePrompt(0, 1)")
-            wait(lambda: any(h.get("status", {}).get("completed")
-                             for h in requests.get(f"{comfy.url}/history", timeout=10).json().values()),
-                 120, "the Remote Render run")
+            wait_until(lambda: any(h.get("status", {}).get("completed")
+                                   for h in requests.get(f"{comfy.url}/history", timeout=10).json().values()),
+                       120, "the Remote Render run", interval=0.2)
             page.wait_for_timeout(1500)       # let the canvas draw the preview
             page.screenshot(path=str(DOCS / "comfyui_remote_render.png"))
             log.info("wrote docs/comfyui_remote_render.png")
 
             button = page.locator("button.comfy-cluster-min-workers")
-            wait(lambda: "Cost Saving" in button.inner_text(), 30, "the min-workers label")
+            wait_until(lambda: "Cost Saving" in button.inner_text(), 30, "the min-workers label")
             button.click()
-            wait(lambda: "Always Ready" in button.inner_text(), 30, "the flipped label")
+            wait_until(lambda: "Always Ready" in button.inner_text(), 30, "the flipped label")
             page.locator(".p-toast-message").first.wait_for(timeout=10_000)
             page.screenshot(path=str(DOCS / "comfyui_min_workers.png"),
                             clip={"x": 0, "y": 0, "width": 1500, "height": 200})
@@ -104,7 +93,7 @@ def main() -> None:
                           "Workspace.ToggleSidebarTab.comfy-cluster")
             row = page.locator('.comfy-cluster-server[data-server="gpu-03"] td.state')
             row.wait_for(timeout=30_000)
-            wait(lambda: row.inner_text() == "offline", 60, "gpu-03 offline in the tab")
+            wait_until(lambda: row.inner_text() == "offline", 60, "gpu-03 offline in the tab")
             page.screenshot(path=str(DOCS / "comfyui_cluster_tab.png"))
             log.info("wrote docs/comfyui_cluster_tab.png")
     finally:

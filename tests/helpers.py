@@ -21,3 +21,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s")
         time.sleep(interval)
+
+
+def named_child(widget: Any, kind: Any, name: str) -> Any:
+    """The child widget of class ``kind`` whose objectName is ``name`` (``enable:gpu-02``)."""
+    child = widget.findChild(kind, name)
+    assert child is not None, f"no {kind.__name__} named {name!r}"
+    return child

@@ -8,6 +8,7 @@ import pytest
 
 from comfy_cluster import run
 from comfy_cluster.backend import ServerState
+from comfy_cluster.batch import BatchResult
 from comfy_cluster.config import ClusterConfig, RunPodConfig, ServerConfig
 from comfy_cluster.emulator.pods import PodsEmulator
 from comfy_cluster.emulator.runpod import RunPodEmulator
@@ -68,7 +69,7 @@ def record_pod_states(pool):
     return states
 
 
-def pod_frames(result: run.BatchResult) -> int:
+def pod_frames(result: BatchResult) -> int:
     return sum(n for name, n in result.by_server.items() if name.startswith("comfy-cluster-"))
 
 

@@ -96,3 +96,40 @@ def test_an_expired_url_is_a_clear_error(emu, tmp_path):
     assert "deadbeef" not in str(caught.value) and "AKIA" not in str(caught.value)
     assert not (tmp_path / "x.png").exists()
     assert redact_url("https://user:pw@bucket.example:9000/a/b.png?sig=1") == "https://bucket.example:9000/a/b.png"
+
+
+def test_a_dripping_url_is_stopped_by_the_whole_body_deadline(tmp_path):
+    """Each byte arrives well inside the read timeout; only the deadline for the whole body stops it."""
+    import http.server
+    import time
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            while not stop.is_set():
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.02)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/drip.png?X-Amz-Signature=deadbeef"
+    try:
+        with pytest.raises(TransferError, match="still arriving after 0.5 s") as caught:
+            download_url(url, tmp_path / "d.png", what="job j2: output d.png", limit=1 << 20, server="runpod",
+                         timeout=5, total=0.5)
+        assert "deadbeef" not in str(caught.value)
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()

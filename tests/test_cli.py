@@ -252,11 +252,11 @@ def test_wait_for_server_must_be_a_number(capsys):
 
 
 def test_progress_line_shows_a_frame_waiting_far_past_its_servers_speed(tmp_path, monkeypatch):
-    from comfy_cluster import run
+    from comfy_cluster import batch as batch_module, run
     from tests.helpers import wait_until
     from tests.test_run import WORKFLOW, FakeBackend, FakePool
 
-    monkeypatch.setattr(run, "FAR_PAST_MIN", 0.2)
+    monkeypatch.setattr(batch_module, "FAR_PAST_MIN", 0.2)
     release = threading.Event()
     slow = FakeBackend("slow", behaviour=lambda b, r, c: release.wait(30))
     slow.seconds_per_job = 0.01   # measured: 10 ms per job

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.fake_nuke import install
-from tests.helpers import wait_until
+from tests.helpers import named_child, wait_until
 
 install()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
@@ -18,6 +18,7 @@ from comfy_cluster.config_load import load_config_file  # noqa: E402
 from comfy_cluster.emulator.process import EmulatorThread  # noqa: E402
 from nuke_menu import core  # noqa: E402
 from nuke_menu.panel import StatusPanel  # noqa: E402
+from nuke_menu.qt import QtWidgets  # noqa: E402
 
 
 @pytest.fixture
@@ -78,11 +79,11 @@ def test_panel_edits_reach_the_running_pool(qtbot, session, servers, tmp_path):
                and pool.get_server_by_name("gpu-02").state.value == "online", what="gpu-02 in the running pool")
     qtbot.waitUntil(lambda: (panel.refresh(), panel.server_names() == ["gpu-01", "gpu-02"])[1], timeout=5000)
 
-    dialog.priority_box("gpu-02").setValue(7)
+    named_child(dialog, QtWidgets.QSpinBox, "priority:gpu-02").setValue(7)
     settle(qtbot, dialog)
     wait_until(lambda: pool.get_server_by_name("gpu-02").priority == 7, what="priority 7 in the pool")
 
-    dialog.enabled_box("gpu-01").setChecked(False)
+    named_child(dialog, QtWidgets.QCheckBox, "enabled:gpu-01").setChecked(False)
     settle(qtbot, dialog)
     wait_until(lambda: not pool.get_server_by_name("gpu-01").enabled, what="gpu-01 disabled in the pool")
     assert not next(s for s in load_config_file(path).servers if s.name == "gpu-01").enabled

@@ -31,7 +31,7 @@ from comfy_cluster.emulator.process import EmulatorThread
 from comfy_cluster.errors import ComfyClusterError, ConfigError, ProtocolError, ServerUnavailable, TransferError
 from comfy_cluster.jobs import journal_path
 from comfy_cluster.pool import ComfyUIServerPool
-from comfy_cluster.run import BatchResult
+from comfy_cluster.batch import BatchResult
 from tests.helpers import wait_until
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.fake_nuke import install
-from tests.helpers import wait_until
+from tests.helpers import named_child, wait_until
 
 install()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
@@ -24,6 +24,7 @@ from comfy_cluster.runpod import RunPodEndpoint  # noqa: E402
 from comfy_cluster.runpod_admin import RunPodAdmin  # noqa: E402
 from nuke_menu import core  # noqa: E402
 from nuke_menu.panel import COLUMNS, StatusPanel  # noqa: E402
+from nuke_menu.qt import QtWidgets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EID, KEY = "nukeemu01", "emu-key-not-secret"
@@ -108,13 +109,13 @@ def test_rows_appear_and_a_killed_server_turns_offline(qtbot, servers, panel_for
 def test_the_enable_switch_disables_the_server_in_the_pool(qtbot, servers, panel_for):
     pool, panel = panel_for(servers[2:])
     drain(qtbot, panel, lambda: panel.server_names() == ["gpu-01", "gpu-02"])
-    switch = panel.switch("gpu-02")
+    switch = named_child(panel, QtWidgets.QCheckBox, "enable:gpu-02")
     assert switch.isChecked()
     switch.setChecked(False)   # as a click does: toggled -> worker thread -> pool.disable
     wait_until(lambda: not pool.get_server_by_name("gpu-02").enabled, timeout=5)
     drain(qtbot, panel, lambda: panel.cell("gpu-02", "State") == "disabled")
-    assert not panel.switch("gpu-02").isChecked() and pool.get_server_by_name("gpu-01").enabled
-    panel.switch("gpu-02").setChecked(True)
+    assert not named_child(panel, QtWidgets.QCheckBox, "enable:gpu-02").isChecked() and pool.get_server_by_name("gpu-01").enabled
+    named_child(panel, QtWidgets.QCheckBox, "enable:gpu-02").setChecked(True)
     wait_until(lambda: pool.get_server_by_name("gpu-02").enabled, timeout=5)
 
 

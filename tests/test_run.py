@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from comfy_cluster import rotation, run
+from comfy_cluster.batch import BatchResult
 from comfy_cluster.backend import OutputRef, PromptRequest, PromptResult
 from comfy_cluster.errors import (
     BindingError,
@@ -394,7 +395,7 @@ def test_a_broken_workflow_stops_early_instead_of_sending_every_frame(tmp_path):
     assert batch_progress_failed(res) == 100
 
 
-def batch_progress_failed(res: run.BatchResult) -> int:
+def batch_progress_failed(res: BatchResult) -> int:
     return len(res.failed)
 
 

@@ -36,14 +36,8 @@ from comfy_cluster.errors import (
     WorkflowRejected,
 )
 from comfy_cluster.ledger import CostLedger
-from comfy_cluster.runpod import (
-    RUN_PAYLOAD_LIMIT,
-    RunPodEndpoint,
-    build_payload,
-    parse_health,
-    retry_after_seconds,
-    runpod_status_text,
-)
+from comfy_cluster.runpod import RunPodEndpoint, parse_health, retry_after_seconds, runpod_status_text
+from comfy_cluster.runpod_payload import RUN_PAYLOAD_LIMIT, build_payload
 
 KEY = "rpa_T3ST_8c1f0e2d9b7a6c5e4f3a"
 EID = "ep-nuke-burst"
@@ -291,8 +285,10 @@ def test_lossy_encoding_is_offered_only_when_it_fits_and_alpha_is_unused(tmp_pat
         build_payload(request, limit=limit)
     assert "lossy_inputs" in str(info.value)
     payload = build_payload(request, limit=limit, lossy_ok=True)
-    assert payload.encoding == "jpeg" and payload.size <= limit
+    assert payload.size <= limit
     assert payload.body["input"]["workflow"]["1"]["inputs"]["image"].endswith(".jpg")
+    sent = base64.b64decode(payload.body["input"]["images"][0]["image"])
+    assert Image.open(io.BytesIO(sent)).format == "JPEG"
 
     masked = invert_workflow()
     masked["4"] = {"class_type": "MaskToImage", "inputs": {"mask": ["1", 1]}}
