@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable
 
 #: Bytes asked of the socket per read.
-CHUNK = 1 << 16
+CHUNK = 256 * 1024
 
 
 def read_bounded(resp: Any, *, cap: int, deadline: float, too_big: Callable[[int], BaseException],

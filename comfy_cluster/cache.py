@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .backend import OutputRef, PromptRequest
 from .ledger import state_dir
 from .outputs import OutputNames
-from .transfer import atomic_write
+from .transfer import atomic_write, file_sha256
 from .workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,6 @@ log = logging.getLogger(__name__)
 CACHE_BACKEND = "cache"
 CACHE_DIR = "result-cache"
 _FIXED_PREFIX = "comfy_cluster/cached"
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def kinds_for(backends: Iterable[Any], target: str | None) -> list[str]:
@@ -185,4 +176,4 @@ def _text_writer(text: str) -> Callable[[Path], None]:
     return write
 
 
-__all__ = ["CACHE_BACKEND", "ResultCache", "file_sha256", "kinds_for"]
+__all__ = ["CACHE_BACKEND", "ResultCache", "kinds_for"]

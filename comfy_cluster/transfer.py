@@ -50,21 +50,27 @@ _WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in r
                               *(f"lpt{i}" for i in range(1, 10))})
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file's bytes, read in chunks (never whole); OSError if unreadable."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def content_name(path: Path) -> str:
     """``cc_<sha256 hex[:24]><ext>``: the same bytes get the same name on every server.
 
-    The file is hashed in chunks, never read whole. The extension is kept (lower case) when
-    it is a plain one, because ComfyUI and PIL pick decoders by it.
+    The extension is kept (lower case) when it is a plain one, because ComfyUI and PIL pick
+    decoders by it.
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(chunk)
+        digest = file_sha256(path)
     except OSError as err:
         raise TransferError(f"cannot read input file {str(path)!r}: {err.strerror or err}") from err
     ext = Path(path).suffix.lower()
-    return f"cc_{digest.hexdigest()[:24]}{ext if _EXT_RE.fullmatch(ext) else ''}"
+    return f"cc_{digest[:24]}{ext if _EXT_RE.fullmatch(ext) else ''}"
 
 
 class UploadCache:
@@ -384,6 +390,7 @@ __all__ = [
     "UploadCache",
     "atomic_write",
     "content_name",
+    "file_sha256",
     "make_output_fetcher",
     "output_problem",
     "remote_output_dir",

@@ -26,6 +26,7 @@ import urllib3
 import websocket
 from urllib3 import exceptions as u3
 
+from .bounded_read import read_bounded
 from .errors import ProtocolError, ServerTimeout, ServerUnavailable
 
 _MIB = 1 << 20
@@ -40,7 +41,6 @@ ERROR_BODY_CAP = 64 * 1024
 #: Connections kept per server: enough for every concurrent job and the monitor.
 POOL_SIZE = 32
 
-_CHUNK = 256 * 1024
 _ARRIVING = " while the answer was still arriving"
 
 
@@ -191,44 +191,21 @@ class Transport:
                    deadline: float, budget: float, prompt_id: str | None, *, cut: bool) -> bytes:
         """Read the body in bounded chunks by ``deadline``, refusing (or, with ``cut``, cutting) past ``cap``.
 
-        Before each read the socket timeout is set to the time left, so the deadline holds
-        to the read; an answer left unread closes its connection instead of returning it.
+        An answer left unread closes its connection instead of returning it (``read_bounded``).
         """
-        declared = resp.headers.get("Content-Length", "")
-        buf = bytearray()
-        seen = 0
+        def too_big(size: int) -> ProtocolError:
+            return ProtocolError(f"server '{self.name}': {what} answered {size} bytes, more than the {cap} "
+                                 f"byte limit", server=self.name, prompt_id=prompt_id)
+
+        def too_slow() -> ServerTimeout:
+            return ServerTimeout(f"server '{self.name}': {what} timed out after {budget:g} s{_ARRIVING}",
+                                 server=self.name, prompt_id=prompt_id)
+
         try:
-            if not cut and declared.isdigit() and int(declared) > cap:
-                raise ProtocolError(f"server '{self.name}': {what} answered {declared} bytes, more than the "
-                                    f"{cap} byte limit", server=self.name, prompt_id=prompt_id)
-            while True:
-                sock = getattr(resp.connection, "sock", None)   # no connection once the body is all read
-                if sock is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ServerTimeout(f"server '{self.name}': {what} timed out after {budget:g} s"
-                                            f"{_ARRIVING}", server=self.name, prompt_id=prompt_id)
-                    sock.settimeout(left)
-                chunk = resp.read1(_CHUNK)
-                if not chunk:
-                    return bytes(buf)
-                seen += len(chunk)
-                if seen > cap:
-                    if cut:
-                        resp.close()
-                        return bytes(buf)
-                    raise ProtocolError(f"server '{self.name}': {what} answered {seen} bytes, more than the {cap} "
-                                        f"byte limit", server=self.name, prompt_id=prompt_id)
-                if sink is not None:
-                    sink(chunk)
-                else:
-                    buf += chunk
+            return read_bounded(resp, cap=cap, deadline=deadline, too_big=too_big, too_slow=too_slow,
+                                sink=sink, cut=cut)
         except u3.HTTPError as err:
-            resp.close()
             raise self._translate(err, what, budget, prompt_id, answering=True) from err
-        except BaseException:
-            resp.close()
-            raise
 
     def _translate(self, err: u3.HTTPError, what: str, budget: float, prompt_id: str | None, *,
                    answering: bool) -> ServerUnavailable:
