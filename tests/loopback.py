@@ -12,7 +12,9 @@ import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterator
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -128,3 +130,29 @@ class CannedServer:
         self._sock.close()
         for conn in self._conns:
             conn.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    servers: list[Scripted] = []
+
+    def make(answer: Callable[[Request], tuple[int, dict[str, str], bytes]]) -> Scripted:
+        servers.append(Scripted(answer))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def canned() -> Iterator[Callable[..., CannedServer]]:
+    servers: list[CannedServer] = []
+
+    def make(reply: Callable[[socket.socket], None] | None) -> CannedServer:
+        servers.append(CannedServer(reply))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

@@ -10,7 +10,7 @@ import socket
 import struct
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -32,39 +32,13 @@ from comfy_cluster.tracker import PromptTracker
 from comfy_cluster.transport import Timeouts
 from comfy_cluster.wire import HistoryEntry, OutputImage, UploadedFile, parse_binary_frame
 from tests.helpers import wait_until
-from tests.loopback import CannedServer, Request, Scripted, json_answer
+from tests.loopback import canned, json_answer, scripted  # noqa: F401 - canned, scripted: fixtures
 
 FAST = Timeouts(connect=1.0, read=5.0, transfer=10.0)
 
 
 
 # -- loopback servers, for shapes no real server produces on purpose --------------------------
-
-@pytest.fixture
-def canned() -> Iterator[Callable[..., CannedServer]]:
-    servers: list[CannedServer] = []
-
-    def make(reply: Callable[[socket.socket], None] | None) -> CannedServer:
-        servers.append(CannedServer(reply))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., Scripted]]:
-    servers: list[Scripted] = []
-
-    def make(answer: Callable[[Request], tuple[int, dict[str, str], bytes]]) -> Scripted:
-        servers.append(Scripted(answer))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
-
 
 def test_connection_refused_is_server_unavailable() -> None:
     probe = socket.socket()

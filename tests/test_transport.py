@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import websocket
@@ -19,37 +19,11 @@ from comfy_cluster.client import ComfyClient
 from comfy_cluster.errors import ProtocolError, ServerTimeout, ServerUnavailable, TransferError
 from comfy_cluster.transport import Timeouts
 from comfy_cluster.wire import OutputImage
-from tests.loopback import CannedServer, Request, Scripted, json_answer
+from tests.loopback import Request, Scripted, canned, json_answer, scripted  # noqa: F401 - canned, scripted: fixtures
 
 FAST = Timeouts(connect=1.0, read=2.0, transfer=2.0)
 QUEUE = b'{"queue_running": [], "queue_pending": []}'
 GRAPH = {"1": {"class_type": "X", "inputs": {}}}
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., Scripted]]:
-    servers: list[Scripted] = []
-
-    def make(answer: Callable[[Request], tuple[int, dict[str, str], bytes]]) -> Scripted:
-        servers.append(Scripted(answer))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
-def canned() -> Iterator[Callable[..., CannedServer]]:
-    servers: list[CannedServer] = []
-
-    def make(reply: Callable[[socket.socket], None] | None) -> CannedServer:
-        servers.append(CannedServer(reply))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def comfy(request: Request) -> tuple[int, dict[str, str], bytes]:
