@@ -1,6 +1,6 @@
 """The real ComfyUI 0.3.64 and worker-comfyui 5.8.5 for tests: where they are, and how a server starts.
 
-``scripts/setup_real_components.py`` installs them (``.ci/run`` calls it); this module only finds
+``scripts/setup_real_components.py`` installs them (README's test command runs it); this module only finds
 that install and starts servers from it. A missing install fails the test loudly with the setup
 command to run; only an explicit ``COMFY_CLUSTER_SKIP_REAL=1`` (never in CI) turns that into a skip.
 
