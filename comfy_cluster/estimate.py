@@ -172,15 +172,18 @@ def estimate_render(pool: Any, prompts: int, *, target: str | None = None,
                     daily_budget=getattr(runpod, "daily_budget", None) if runpod is not None else None)
 
 
-def check_budget(estimate: Estimate, *, force: bool = False) -> None:
+#: What the CLI suggests when a render would pass the budget.
+CLI_HINT = "use --force to render anyway, or render locally (--target SERVER)"
+
+
+def check_budget(estimate: Estimate, *, force: bool = False, hint: str = CLI_HINT) -> None:
     """``BudgetExceeded`` with the numbers when the render would pass today's budget, unless ``force``."""
     if estimate.over_budget and not force:
         raise BudgetExceeded(f"not started: RunPod would cost ${estimate.cost:.4f} "
                              f"(${sum(t.cost_low for t in estimate.tiers):.4f}-"
                              f"${estimate.cost_high:.4f}) for {estimate.prompts} prompt(s), "
                              f"${estimate.spend_today:.4f} already spent today of the "
-                             f"${estimate.daily_budget:.2f} budget; use --force to render anyway, or "
-                             f"render locally (--target SERVER)", server="runpod")
+                             f"${estimate.daily_budget:.2f} budget; {hint}", server="runpod")
     if estimate.over_budget:
         log.warning("rendering past today's RunPod budget (--force): %s", estimate)
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from . import run
 from .errors import ConfigError, Interrupted
+from .estimate import check_budget, estimate_render
 from .jobs import BatchEvent
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,22 @@ def target_for(mode: str, pool: Any) -> str | None:
             raise ConfigError(RUNPOD_SETUP, server="runpod")
         return "runpod"
     return None
+
+
+def preflight(pool: Any, mode: str) -> str:
+    """Before anything is sent: where the prompt is expected to run and what RunPod would
+    charge, against today's budget (one status line for the node); ``BudgetExceeded`` with
+    the numbers when the run would pass the budget."""
+    est = estimate_render(pool, 1, target=target_for(mode, pool))
+    check_budget(est, hint="switch the node to cluster mode, or raise the RunPod daily_budget")
+    if not est.tiers:
+        return "estimate: no backend can take it now; it waits for one"
+    where = ", ".join(f"{t.name} ~${t.cost:.4f}" if t.price_per_second else
+                      f"{t.name}" + (f" ~{t.seconds_per_frame:.1f} s" if t.seconds_per_frame else "")
+                      for t in est.tiers)
+    budget = f" of ${est.daily_budget:.2f}" if est.daily_budget is not None else ""
+    spent = f"; RunPod today ${est.spend_today:.4f}{budget}" if est.cost or est.daily_budget is not None else ""
+    return f"estimate: {where}{spent}"
 
 
 def start(workflow: Any, *, pool: Any, mode: str, inputs: Mapping[str, Path], output_dir: Path,

@@ -106,13 +106,15 @@ class RemoteRender:
             workflow = graph_capture.upstream_workflow(prompt, unique_id, "image",
                                                        filename_prefix=f"remote_render_{unique_id}")
             inputs.update(graph_capture.local_image_files(workflow, folder_paths.get_annotated_filepath))
-        events: queue.Queue[Any] = queue.Queue()
-        job = remote_render.start(workflow, pool=pool, mode=mode, inputs=inputs, output_dir=run_dir, events=events)
-        bar = comfy.utils.ProgressBar(100, node_id=unique_id)
         server = PromptServer.instance
 
         def status(text: str) -> None:
             server.send_progress_text(text, unique_id, server.client_id)
+
+        status(remote_render.preflight(pool, mode))   # the cost before anything is sent; over budget refuses
+        events: queue.Queue[Any] = queue.Queue()
+        job = remote_render.start(workflow, pool=pool, mode=mode, inputs=inputs, output_dir=run_dir, events=events)
+        bar = comfy.utils.ProgressBar(100, node_id=unique_id)
 
         outcome = remote_render.wait_for(job, events, pool=pool, node_count=len(workflow),
                                          on_progress=bar.update_absolute,

@@ -21,7 +21,7 @@ from comfy_cluster import graph_capture, image_batch, remote_render
 from comfy_cluster.app_session import AppSession, comparable, redact
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.emulator.runpod import RunPodEmulator
-from comfy_cluster.errors import ConfigError, Interrupted, TransferError, WorkflowError
+from comfy_cluster.errors import BudgetExceeded, ConfigError, Interrupted, TransferError, WorkflowError
 from comfy_cluster.pool import ComfyUIServerPool
 
 from .helpers import wait_until
@@ -342,3 +342,25 @@ def test_the_front_modules_import_without_torch_or_comfyui() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_runpod_preflight_shows_the_cost_and_refuses_a_run_past_the_budget(runpod, tmp_path: Path) -> None:
+    """The node says what a RunPod run will cost before it sends anything, and a run that
+    would pass today's budget is refused with the numbers: nothing reaches the endpoint."""
+    env = _runpod_env(runpod, tmp_path)
+    session = AppSession(env)
+    try:
+        line = remote_render.preflight(session.pool(), "runpod")
+    finally:
+        session.close()
+    assert line.startswith("estimate: runpod ~$") and "RunPod today $0.0000" in line, line
+    policy = {**json.loads(env["NUKE_COMFYUI_RUNPOD"]), "daily_budget": 0.0}
+    session = AppSession({**env, "NUKE_COMFYUI_RUNPOD": json.dumps(policy)})
+    try:
+        with pytest.raises(BudgetExceeded, match=r"RunPod would cost \$0\.\d{4} .* of the \$0\.00 budget; "
+                                                 r"switch the node to cluster mode"):
+            remote_render.preflight(session.pool(), "runpod")
+    finally:
+        session.close()
+    assert runpod.count("POST", "/run") == 0
+    assert KEY not in line and EID not in line
