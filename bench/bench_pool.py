@@ -29,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scenarios import SAMPLER, thread_cpu
+from bench.cpu import SAMPLER, thread_cpu
 from comfy_cluster.backend import ServerState
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig

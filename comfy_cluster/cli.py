@@ -29,6 +29,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    cluster_config,
+    fmt_bytes,
+    fmt_seconds,
+    table,
+)
 from .cli_pods import pods_status, register as register_pods
 from .cli_tunnel import register as _register_tunnel
 from .errors import BindingError, ComfyClusterError, ConfigError, MissingInputs, capped
@@ -38,13 +50,8 @@ from .jobs import BatchEvent
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Without a terminal, the render progress is a log line this often.
 PLAIN_PROGRESS_EVERY = 5.0
-
-
-class UsageError(Exception):
-    """A bad command line; shown as one line with exit code 2."""
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -56,8 +63,8 @@ def _pool(args: argparse.Namespace, *, monitor: bool = True, **kw: Any):
     server exactly once, so a hung server costs one probe timeout, not two."""
     from .pool import ComfyUIServerPool
 
-    pool = ComfyUIServerPool.from_config(_cluster_config(args), environ=os.environ,
-                                         reload=lambda: _cluster_config(args), **kw)
+    pool = ComfyUIServerPool.from_config(cluster_config(args), environ=os.environ,
+                                         reload=lambda: cluster_config(args), **kw)
     if monitor:
         pool.start()
     pool.update_all_server_status()
@@ -84,28 +91,6 @@ def _workflow(path: str):
     return Workflow.from_file(path)
 
 
-def _fmt_bytes(n: int | None) -> str:
-    if not n:
-        return "-"
-    return f"{n / 2**30:.1f}G"
-
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 60:
-        return f"{s:.1f}s"
-    minutes, sec = divmod(int(s), 60)
-    return f"{minutes}m{sec:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- status / info
 
 
@@ -115,22 +100,22 @@ def status_table(snapshot: dict[str, Any]) -> str:
     for s in snapshot["servers"]:
         device = (s.get("devices") or [{}])[0]
         gpu = (device.get("name") or "-").split(" : ")[0]
-        vram = f"{_fmt_bytes(device.get('vram_free'))}/{_fmt_bytes(device.get('vram_total'))}" if device else "-"
+        vram = f"{fmt_bytes(device.get('vram_free'))}/{fmt_bytes(device.get('vram_total'))}" if device else "-"
         ready = s["state"] in ("online", "busy")
         if not ready:   # GPU and VRAM of a server that does not answer are its last known, not now
             gpu, vram = "-", "-"
         rows.append([s["name"], s["state"], f"{s['queue_running']}/{s['queue_pending']}", gpu, vram,
                      s.get("comfyui_version") or "-", f"{s['in_flight']}/{s['max_queue']}",
-                     _fmt_seconds(s.get("seconds_per_job")),
+                     fmt_seconds(s.get("seconds_per_job")),
                      s.get("address", "") + (f" via {s['tunnel']}" if s.get("tunnel") else ""),
                      "" if ready else _detail(s.get("last_error"))])
     if snapshot.get("runpod"):
         rp = snapshot["runpod"]
         rows.append([rp.get("name", "runpod"), rp.get("state", "-"), "-", "serverless", "-", "-",
                      f"{rp.get('in_flight', 0)}/{rp.get('max_concurrent', '-')}",
-                     _fmt_seconds(rp.get("seconds_per_job")), rp.get("endpoint_id", ""),
+                     fmt_seconds(rp.get("seconds_per_job")), rp.get("endpoint_id", ""),
                      _detail(rp.get("blocked_reason") or rp.get("last_error"))])
-    return _table(rows, ["SERVER", "STATE", "RUN/PEND", "GPU", "VRAM FREE", "COMFYUI", "OURS", "S/JOB", "ADDRESS",
+    return table(rows, ["SERVER", "STATE", "RUN/PEND", "GPU", "VRAM FREE", "COMFYUI", "OURS", "S/JOB", "ADDRESS",
                          "REASON"])
 
 
@@ -167,7 +152,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     from .tunnel import open_client
 
-    cfg = _cluster_config(args)
+    cfg = cluster_config(args)
     match = [s for s in cfg.servers if s.name == args.server]
     if not match:
         raise UsageError(f"no server {args.server!r}; configured: {', '.join(s.name for s in cfg.servers)}")
@@ -191,25 +176,18 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"{info['name']}  {info['address']}  ComfyUI {info['comfyui_version'] or '?'}  "
               f"{info['node_count']} node classes\n")
     for d in info["devices"]:
-        out.write(f"  device {d['name']} ({d['type']}): VRAM {_fmt_bytes(d['vram_free'])} free of "
-                  f"{_fmt_bytes(d['vram_total'])}\n")
+        out.write(f"  device {d['name']} ({d['type']}): VRAM {fmt_bytes(d['vram_free'])} free of "
+                  f"{fmt_bytes(d['vram_total'])}\n")
     out.write(f"  queue: {len(info['queue_running'])} running, {len(info['queue_pending'])} pending\n")
     for item in info["recent_history"]:
         out.write(f"  history {item['prompt_id']}: {item['status'] or '?'}\n")
     return EXIT_OK
 
 
-def _cluster_config(args: argparse.Namespace) -> Any:
-    """The one loading path of every command: ``--servers FILE`` replaces ``NUKE_COMFYUI_SERVERS`` only."""
-    from .config_load import load_config
-
-    return load_config(os.environ, servers_file=args.servers)
-
-
 def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
     from .server import ComfyUIServer
 
-    cfg = _cluster_config(args)
+    cfg = cluster_config(args)
     out.write(f"configuration from {cfg.source}: {len(cfg.servers)} server(s)\n")
     failures = 0
     rows = []
@@ -229,7 +207,7 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
         finally:
             server.close()
         failures += not ok
-    out.write(_table(rows, ["SERVER", "ADDRESS", "STATE", "DETAIL"]) + "\n")
+    out.write(table(rows, ["SERVER", "ADDRESS", "STATE", "DETAIL"]) + "\n")
     if cfg.runpod is not None:
         out.write(f"runpod endpoint {cfg.runpod.endpoint_id}: configured\n")
     return EXIT_FAILED if failures else EXIT_OK
@@ -239,7 +217,7 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _runpod_config(args: argparse.Namespace) -> Any:
-    cfg = _cluster_config(args).runpod
+    cfg = cluster_config(args).runpod
     if cfg is None:
         raise ConfigError("no RunPod endpoint is configured: set RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY "
                           "(and optionally NUKE_COMFYUI_RUNPOD)")
@@ -275,7 +253,7 @@ def cmd_runpod_toggle(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_runpod_cost(args: argparse.Namespace, out: TextIO) -> int:
     from .ledger import CostLedger, cost_report
 
-    runpod = _cluster_config(args).runpod
+    runpod = cluster_config(args).runpod
     report = cost_report(CostLedger(environ=os.environ), daily_budget=runpod.daily_budget if runpod else None)
     out.write((json.dumps(report.to_dict(), indent=2, default=str) if args.json else str(report)) + "\n")
     return EXIT_OK
@@ -329,7 +307,7 @@ class Progress:
             bar = "#" * filled + "-" * (width - filled)
             text = (f"[{bar}] {self.done}/{self.total} done, {self.failed} failed"
                     f"{f', {self.retried} retried' if self.retried else ''}  {servers}  "
-                    f"elapsed {_fmt_seconds(elapsed)}  ETA {_fmt_seconds(eta) if eta is not None else '-'}")
+                    f"elapsed {fmt_seconds(elapsed)}  ETA {fmt_seconds(eta) if eta is not None else '-'}")
         return text + self._why()
 
     def _why(self) -> str:
@@ -345,7 +323,7 @@ class Progress:
             parts.append("out of rotation: " + ", ".join(sorted(benched)))
         overdue = self.batch.overdue()
         if overdue:
-            parts.append("waiting: " + ", ".join(f"{label} on {server} {_fmt_seconds(waited)} (s/job {_fmt_seconds(per)})"
+            parts.append("waiting: " + ", ".join(f"{label} on {server} {fmt_seconds(waited)} (s/job {fmt_seconds(per)})"
                                                  for label, server, waited, per in overdue[:3])
                          + (f" and {len(overdue) - 3} more" if len(overdue) > 3 else ""))
         return "".join(f"  | {part}" for part in parts)
@@ -381,13 +359,13 @@ def _summary(res: Any, out: TextIO, seconds: dict[str, list[tuple[float, float]]
         times = seconds.get(server, [])
         run = sum(t[0] for t in times) / len(times) if times else None
         wait = sum(t[1] for t in times) / len(times) if times else None
-        rows.append([server, str(count), _fmt_seconds(run), _fmt_seconds(wait)])
+        rows.append([server, str(count), fmt_seconds(run), fmt_seconds(wait)])
     if rows:
-        out.write(_table(rows, ["SERVER", "FRAMES", "AVG RUN", "AVG WAIT"]) + "\n")
+        out.write(table(rows, ["SERVER", "FRAMES", "AVG RUN", "AVG WAIT"]) + "\n")
     rendered = len(res.frames) - len(res.skipped) - res.cached
     cached = f", {res.cached} unchanged, taken from the cache" if res.cached else ""
     out.write(f"{rendered} frame(s) rendered{cached}, {len(res.skipped)} already done, {len(res.failed)} failed, "
-              f"{len(res.cancelled)} cancelled in {_fmt_seconds(res.elapsed)}\n")
+              f"{len(res.cancelled)} cancelled in {fmt_seconds(res.elapsed)}\n")
     by_error: dict[str, list[int]] = {}
     for frame, err in sorted(res.failed.items()):
         by_error.setdefault(str(err), []).append(frame)
@@ -483,7 +461,7 @@ def cmd_submit(args: argparse.Namespace, out: TextIO) -> int:
         for path in result.outputs:
             out.write(f"{path}\n")
         log.info("prompt %s on %s in %.2f s", result.prompt_id, result.server, result.elapsed)
-        sys.stderr.write(f"done on {result.server} in {_fmt_seconds(result.elapsed)} "
+        sys.stderr.write(f"done on {result.server} in {fmt_seconds(result.elapsed)} "
                          f"({len(result.outputs)} file(s))\n")
         return EXIT_OK
     finally:
@@ -572,7 +550,7 @@ def _register_work(sub: argparse._SubParsersAction) -> None:
 
 def _register_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="configuration")
-    group = p.add_subparsers(dest="config_command", metavar="ACTION", required=True, parser_class=_Parser)
+    group = p.add_subparsers(dest="config_command", metavar="ACTION", required=True, parser_class=Parser)
     check = group.add_parser("check", help="validate the configuration and try each server")
     check.set_defaults(func=cmd_config_check)
     from .cli_config import register  # add|remove|set|enable|disable|export|import|backup|restore
@@ -597,7 +575,7 @@ def _register_emulators(sub: argparse._SubParsersAction) -> None:
 
 def _register_runpod(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runpod", help="the RunPod serverless endpoint: status, always-on worker, cost")
-    group = p.add_subparsers(dest="runpod_command", metavar="ACTION", required=True, parser_class=_Parser)
+    group = p.add_subparsers(dest="runpod_command", metavar="ACTION", required=True, parser_class=Parser)
     status = group.add_parser("status", help="workers, queue, spend today, always-on setting")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_runpod_status)
@@ -617,18 +595,13 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="comfy-cluster", description="Send ComfyUI workflows to a cluster of ComfyUI servers.")
+    parser = Parser(prog="comfy-cluster", description="Send ComfyUI workflows to a cluster of ComfyUI servers.")
     parser.add_argument("--servers", metavar="FILE", help="servers file (overrides NUKE_COMFYUI_SERVERS)")
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default WARNING")
     parser.add_argument("--version", action="version", version=f"comfy-cluster {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for register in COMMAND_GROUPS:
         register(sub)
     return parser

@@ -13,13 +13,13 @@ import os
 import time
 from typing import Any, TextIO
 
+from .cli_common import cluster_config, table
 from .errors import ComfyClusterError, ConfigError
 
 
 def _policy(args: argparse.Namespace) -> Any:
-    from .cli import _cluster_config
 
-    cfg = _cluster_config(args)
+    cfg = cluster_config(args)
     if cfg.pods is None:
         raise ConfigError(f"{cfg.source}: no \"pods\" policy is configured (a \"pods\" object in the servers "
                           "file, or NUKE_COMFYUI_PODS)")
@@ -57,9 +57,8 @@ def pod_rows(client: Any) -> list[dict[str, Any]]:
 
 
 def pod_table(rows: list[dict[str, Any]]) -> str:
-    from .cli import _table
 
-    return _table([[r["name"], r["pod_id"], r["status"], r["gpu"], f"${r['cost_per_hr']:.2f}/h",
+    return table([[r["name"], r["pod_id"], r["status"], r["gpu"], f"${r['cost_per_hr']:.2f}/h",
                     _fmt_uptime(r["uptime_s"]), f"${r['cost']:.4f}"] for r in rows],
                   ["POD", "ID", "STATUS", "GPU", "PRICE", "UPTIME", "COST"])
 
@@ -87,7 +86,6 @@ def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_gpus(args: argparse.Namespace, out: TextIO) -> int:
-    from .cli import _table
 
     client = _client(args)
     types = client.gpu_types()
@@ -95,7 +93,7 @@ def cmd_gpus(args: argparse.Namespace, out: TextIO) -> int:
     rows = [[t.id, str(t.memory_gb or "-"), f"${t.secure_price:.2f}" if t.secure_price is not None else "-",
              f"${t.community_price:.2f}" if t.community_price is not None else "-", t.stock or "-",
              str(wanted.index(t.id) + 1) if t.id in wanted else ""] for t in types]
-    out.write(_table(rows, ["GPU", "GB", "SECURE $/H", "COMMUNITY $/H", "STOCK", "PREFERENCE"]) + "\n")
+    out.write(table(rows, ["GPU", "GB", "SECURE $/H", "COMMUNITY $/H", "STOCK", "PREFERENCE"]) + "\n")
     return 0
 
 

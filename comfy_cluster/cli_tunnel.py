@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any, TextIO
 
+from .cli_common import EXIT_FAILED, EXIT_OK, Parser, UsageError, cluster_config, table
 from .errors import ComfyClusterError, ConfigError, TunnelError
 
 #: The health check through a tunnel: a short connect, a short read.
@@ -21,9 +22,8 @@ HEALTH_READ_S = 10.0
 
 
 def _servers(args: argparse.Namespace) -> list[Any]:
-    from .cli import UsageError, _cluster_config
 
-    cfg = _cluster_config(args)
+    cfg = cluster_config(args)
     if args.server:
         named = [s for s in cfg.servers if s.name == args.server]
         if not named:
@@ -60,7 +60,6 @@ _HEADERS = ["SERVER", "SSH", "LOCAL", "PID", "TUNNEL", "DETAIL"]
 
 
 def cmd_tunnel_start(args: argparse.Namespace, out: TextIO) -> int:
-    from .cli import EXIT_FAILED, EXIT_OK, _table
     from .tunnel import LOCAL_HOST, Tunnel
 
     rows, failed = [], 0
@@ -79,12 +78,11 @@ def cmd_tunnel_start(args: argparse.Namespace, out: TextIO) -> int:
         finally:
             tunnel.release()   # pinned: it stays up
         failed += not ok
-    out.write(_table(rows, _HEADERS) + "\n")
+    out.write(table(rows, _HEADERS) + "\n")
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_tunnel_stop(args: argparse.Namespace, out: TextIO) -> int:
-    from .cli import EXIT_OK, _table
     from .tunnel import LOCAL_HOST, Tunnel
 
     rows = []
@@ -96,12 +94,11 @@ def cmd_tunnel_stop(args: argparse.Namespace, out: TextIO) -> int:
             users = f" ({len(record.users)} user(s) will re-open it when they need it)" if record.users else ""
             rows.append([cfg.name, cfg.ssh.label, f"{LOCAL_HOST}:{record.local_port}", str(record.pid), "stopped",
                          "ssh ended" + users])
-    out.write(_table(rows, _HEADERS) + "\n")
+    out.write(table(rows, _HEADERS) + "\n")
     return EXIT_OK
 
 
 def cmd_tunnel_status(args: argparse.Namespace, out: TextIO) -> int:
-    from .cli import EXIT_FAILED, EXIT_OK, _table
     from .tunnel import LOCAL_HOST, Tunnel
 
     rows, failed = [], 0
@@ -117,16 +114,15 @@ def cmd_tunnel_status(args: argparse.Namespace, out: TextIO) -> int:
         users = f"{len(record.users)} user(s)" + (", pinned" if record.pinned else "")
         rows.append([cfg.name, cfg.ssh.label, f"{LOCAL_HOST}:{record.local_port}", str(record.pid), "up",
                      f"{detail}; {users}"])
-    out.write(_table(rows, _HEADERS) + "\n")
+    out.write(table(rows, _HEADERS) + "\n")
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``tunnel start|stop|status [SERVER]`` to the ``comfy-cluster`` parser."""
-    from .cli import _Parser
 
     p = sub.add_parser("tunnel", help="SSH tunnels of servers reached through ssh: start, stop, status")
-    group = p.add_subparsers(dest="tunnel_command", metavar="ACTION", required=True, parser_class=_Parser)
+    group = p.add_subparsers(dest="tunnel_command", metavar="ACTION", required=True, parser_class=Parser)
     for action, func, text in (("start", cmd_tunnel_start, "open (or reuse) the tunnels and keep them up"),
                                ("stop", cmd_tunnel_stop, "end the tunnels, whoever uses them"),
                                ("status", cmd_tunnel_status, "each tunnel, and ComfyUI's answer through it")):
