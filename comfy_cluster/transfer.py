@@ -51,7 +51,18 @@ _WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in r
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 hex digest of a file's bytes, read in chunks (never whole); OSError if unreadable."""
+    """The sha256 hex digest of a file's bytes, read in chunks (never whole); OSError if unreadable.
+
+    Remembered per file version (device, inode, size, modification time in ns), so a plate
+    that the upload name and the result-cache key both need, or a retried frame, is read
+    once: a rewrite or an atomic replace is a new version and is hashed again.
+    """
+    st = os.stat(path)
+    return _sha256_of_version(os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of_version(path: str, dev: int, ino: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
